@@ -1,0 +1,77 @@
+"""Hierarchical node fusion: one level merges one pair of nodes per node set (SPEC section 4).
+
+Batched over node sets of different sizes: real nodes are a prefix of each row (mask True), and
+stay so after the merge, so no Python loop over pairs is needed.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+COMPATIBILITIES = ('projected', 'dot')
+
+
+def sample_gumbel(shape, like):
+    """Standard Gumbel noise of `shape`, on like's device and dtype."""
+    u = torch.rand(shape, device=like.device, dtype=like.dtype)
+    tiny = torch.finfo(like.dtype).tiny
+    return -torch.log((-torch.log(u.clamp_min(tiny))).clamp_min(tiny))
+
+
+def merge_layer(dim, relu):
+    """x_ab = [ReLU](W_F [x_a ; x_b]), W_F: 2D -> D with bias."""
+    layer = nn.Linear(2 * dim, dim)
+    return nn.Sequential(layer, nn.ReLU()) if relu else layer
+
+
+class NodeFusion(nn.Module):
+    """Pick one pair (a < b) of nodes and replace it by a merged node appended last.
+
+    compatibility 'projected' (paper): C = (X W_c)(X W_c)^T, W_c: D -> comp_dim, no bias;
+    'dot' (authors' code): C = X X^T. The merge layer is injected so that the two branches can
+    share one (the authors' code) or own one each (the paper).
+    """
+
+    def __init__(self, merge, dim=512, compatibility='projected', comp_dim=128):
+        super().__init__()
+        if compatibility not in COMPATIBILITIES:
+            raise ValueError(f'unknown compatibility {compatibility!r}; expected one of {COMPATIBILITIES}')
+        self.proj = nn.Linear(dim, comp_dim, bias=False) if compatibility == 'projected' else None
+        self.merge = merge
+
+    def compatibility(self, x):
+        """x: [B, N, D] -> C: [B, N, N]"""
+        y = x if self.proj is None else self.proj(x)
+        return torch.bmm(y, y.transpose(1, 2))
+
+    def forward(self, x, mask, noise=None):
+        """x: [B, N, D] nodes, mask: bool [B, N] real nodes first, every row with >= 2 of them.
+        noise: [B, N, N] Gumbel noise added to C (training: straight-through Gumbel-softmax);
+        None picks greedily (evaluation; ties go to the first pair in row-major order).
+        Returns (x' [B, N-1, D], mask' [B, N-1]): the other nodes in their old order, then x_ab."""
+        b, n, d = x.shape
+        counts = mask.sum(1)
+        i, j = torch.triu_indices(n, n, 1, device=x.device)            # candidates, row-major
+        logits = self.compatibility(x)[:, i, j]                         # [B, K]
+        logits = logits.masked_fill(j[None, :] >= counts[:, None], float('-inf'))
+        if noise is None:
+            choice = F.one_hot(logits.argmax(1), len(i)).to(x.dtype)
+        else:
+            scores = logits + noise[:, i, j]
+            soft = torch.softmax(scores, dim=1)
+            hard = F.one_hot(scores.argmax(1), len(i)).to(x.dtype)
+            choice = hard - soft.detach() + soft                        # forward hard, backward soft
+        # The chosen pair's vectors as choice-weighted sums, so the merge sees the gradient path.
+        x_a = torch.einsum('bk,kn,bnd->bd', choice, F.one_hot(i, n).to(x.dtype), x)
+        x_b = torch.einsum('bk,kn,bnd->bd', choice, F.one_hot(j, n).to(x.dtype), x)
+        merged = self.merge(torch.cat([x_a, x_b], dim=1))               # [B, D]
+
+        k = choice.detach().argmax(1)
+        pos = torch.arange(n, device=x.device)
+        keep = mask & (pos != i[k][:, None]) & (pos != j[k][:, None])
+        # Stable order: kept nodes first, in their old order.
+        order = torch.argsort((~keep).long() * n + pos, dim=1)[:, :n - 1]
+        rest = x.gather(1, order[..., None].expand(-1, -1, d))          # [B, N-1, D]
+        new_mask = pos[None, :n - 1] < (counts - 1)[:, None]
+        last = pos[None, :n - 1] == (counts - 2)[:, None]
+        out = torch.where(last[..., None], merged[:, None, :], rest) * new_mask[..., None]
+        return out, new_mask

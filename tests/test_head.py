@@ -1,0 +1,206 @@
+"""The batched pairwise head against a plain per-pair reference written from SPEC sections 3-5."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import build_head, pair_distance, triplet_loss
+
+D = 16  # small D keeps the float64 reference fast; the arithmetic does not depend on it
+
+
+# ---------------------------------------------------------------- reference: one pair, loops
+def lin(layer, x):
+    return x @ layer.weight.T + (layer.bias if layer.bias is not None else 0)
+
+
+def ref_coattention(co, S, P):
+    """S: [ns, D], P: [np, D] -> updated S, P (SPEC section 3)."""
+    A = lin(co.w_s, S) @ lin(co.w_p, P).T / math.sqrt(co.w_s.out_features)
+    PS = torch.softmax(A, dim=1) @ P
+    SP = torch.softmax(A.T, dim=1) @ S
+
+    def update(branch, X, Y):
+        if branch.gate is None:
+            G = torch.sigmoid(X * Y)
+        else:
+            G = torch.sigmoid(lin(branch.gate, torch.cat([X, Y], 1)))
+        return torch.relu(lin(branch.z, G * (X + Y))) + X
+    return update(co.sketch, S, PS), update(co.photo, P, SP)
+
+
+def ref_fuse(fusion, X, noise):
+    """One fusion level on X: [n, D], noise [n, n] or None (greedy). SPEC section 4."""
+    n = len(X)
+    Y = X if fusion.proj is None else X @ fusion.proj.weight.T
+    C = Y @ Y.T
+    best, best_score = None, -math.inf
+    for i in range(n):
+        for j in range(i + 1, n):
+            score = C[i, j] + (0 if noise is None else noise[i, j])
+            if score > best_score:          # strict: ties keep the first pair
+                best, best_score = (i, j), score
+    a, b = best
+    merged = fusion.merge(torch.cat([X[a], X[b]])[None])[0]
+    rest = [X[t] for t in range(n) if t not in (a, b)]
+    return torch.stack(rest + [merged])
+
+
+def ref_head(head, S, P, noises=None, pair=0):
+    """SPEC section 5 for one pair; noises[r] = (sketch noise, photo noise) of round r."""
+    r = 0
+    while len(S) > 1 or len(P) > 1:
+        if head.coattention is not None:
+            S, P = ref_coattention(head.coattention, S, P)
+        ns, np_ = len(S), len(P)
+        if ns > 1:
+            S = ref_fuse(head.sketch_fusion, S, None if noises is None else noises[r][0][pair, :ns, :ns])
+        if np_ > 1:
+            P = ref_fuse(head.photo_fusion, P, None if noises is None else noises[r][1][pair, :np_, :np_])
+        r += 1
+    return S[0], P[0], r
+
+
+# ---------------------------------------------------------------- helpers
+def random_pairs(b, max_nodes=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ns = torch.randint(1, max_nodes + 1, (b,), generator=g)
+    np_ = torch.randint(1, max_nodes + 1, (b,), generator=g)
+    ns[0], np_[0] = 1, 1          # degenerate pair: no round at all
+    ns[1], np_[1] = 1, max_nodes  # one side finished from the start
+    s = torch.randn(b, int(ns.max()), D, generator=g, dtype=torch.float64)
+    p = torch.randn(b, int(np_.max()), D, generator=g, dtype=torch.float64)
+    s_mask = torch.arange(s.shape[1])[None] < ns[:, None]
+    p_mask = torch.arange(p.shape[1])[None] < np_[:, None]
+    return s * s_mask[..., None], s_mask, p * p_mask[..., None], p_mask, ns, np_
+
+
+class RecordingGumbel:
+    """Gumbel noise that remembers every draw, so the reference can replay it per pair."""
+
+    def __init__(self, seed):
+        self.g = torch.Generator().manual_seed(seed)
+        self.draws = []
+
+    def __call__(self, shape, like):
+        u = torch.rand(shape, generator=self.g, dtype=like.dtype).clamp_min(1e-12)
+        noise = -torch.log(-torch.log(u))
+        self.draws.append(noise)
+        return noise
+
+    def rounds(self):
+        return list(zip(self.draws[0::2], self.draws[1::2]))
+
+
+def make_head(variant, method='hierarchy', seed=0):
+    torch.manual_seed(seed)
+    return build_head(variant, dim=D, att_dim=8, method=method).double()
+
+
+# ---------------------------------------------------------------- tests
+@pytest.mark.parametrize('method', ['hierarchy', 'no_coattn'])
+@pytest.mark.parametrize('variant', ['paper', 'released'])
+def test_batched_head_matches_reference_eval(variant, method):
+    head = make_head(variant, method).eval()
+    s, s_mask, p, p_mask, ns, np_ = random_pairs(12, seed=1)
+    with torch.no_grad():
+        s_out, p_out, rounds = head(s, s_mask, p, p_mask, return_rounds=True)
+        for b in range(len(s)):
+            rs, rp, r = ref_head(head, s[b, :ns[b]], p[b, :np_[b]])
+            torch.testing.assert_close(s_out[b], rs, atol=1e-5, rtol=0)
+            torch.testing.assert_close(p_out[b], rp, atol=1e-5, rtol=0)
+            assert rounds[b] == r == max(ns[b], np_[b]) - 1
+
+
+@pytest.mark.parametrize('variant', ['paper', 'released'])
+def test_batched_head_matches_reference_train_same_gumbel(variant):
+    head = make_head(variant).train()
+    head.gumbel = RecordingGumbel(seed=3)
+    s, s_mask, p, p_mask, ns, np_ = random_pairs(10, seed=2)
+    s_out, p_out, rounds = head(s, s_mask, p, p_mask, return_rounds=True)
+    noises = head.gumbel.rounds()
+    assert len(noises) == int(rounds.max())
+    with torch.no_grad():
+        for b in range(len(s)):
+            rs, rp, r = ref_head(head, s[b, :ns[b]], p[b, :np_[b]], noises, pair=b)
+            torch.testing.assert_close(s_out[b], rs, atol=1e-5, rtol=0)
+            torch.testing.assert_close(p_out[b], rp, atol=1e-5, rtol=0)
+            assert r == max(ns[b], np_[b]) - 1
+
+
+def test_gumbel_noise_changes_choices_in_training_only():
+    head = make_head('paper')
+    s, s_mask, p, p_mask, _, _ = random_pairs(8, seed=4)
+    head.eval()
+    with torch.no_grad():
+        e1, e2 = head(s, s_mask, p, p_mask), head(s, s_mask, p, p_mask)
+    torch.testing.assert_close(e1, e2, atol=0, rtol=0)  # greedy: deterministic
+    head.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        t1, t2 = head(s, s_mask, p, p_mask), head(s, s_mask, p, p_mask)
+    assert not torch.allclose(t1[0], t2[0])           # different noise, different merges
+
+
+def test_rounds_for_given_node_counts():
+    head = make_head('released').eval()
+    for ns, np_ in [(1, 1), (1, 7), (9, 2), (5, 5), (20, 3)]:
+        s = torch.randn(1, ns, D, dtype=torch.float64)
+        p = torch.randn(1, np_, D, dtype=torch.float64)
+        *_, rounds = head(s, torch.ones(1, ns, dtype=torch.bool), p,
+                          torch.ones(1, np_, dtype=torch.bool), return_rounds=True)
+        assert rounds.item() == max(ns, np_) - 1
+
+
+def test_embedding_depends_on_the_pair():
+    head = make_head('paper').eval()
+    s = torch.randn(1, 6, D, dtype=torch.float64)
+    m = torch.ones(1, 6, dtype=torch.bool)
+    with torch.no_grad():
+        a, _ = head(s, m, torch.randn(1, 6, D, dtype=torch.float64), m)
+        b, _ = head(s, m, torch.randn(1, 6, D, dtype=torch.float64), m)
+    assert (a - b).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize('variant', ['paper', 'released'])
+def test_merge_and_compatibility_receive_gradients(variant):
+    head = make_head(variant).train()
+    s, s_mask, p, p_mask, _, _ = random_pairs(6, seed=5)
+    s_out, p_out = head(s, s_mask, p, p_mask)
+    (s_out.pow(2).sum() + p_out.sum()).backward()
+    fusions = [head.sketch_fusion, head.photo_fusion]
+    params = {f'merge{k}': f.merge for k, f in enumerate(fusions)}
+    if variant == 'paper':  # the 'dot' compatibility of the released code has no parameters
+        params.update({f'compat{k}': f.proj for k, f in enumerate(fusions)})
+    for name, module in params.items():
+        for w in module.parameters():
+            assert w.grad is not None and w.grad.abs().sum() > 0, name
+
+
+def test_released_head_has_the_authors_parameters():
+    head = build_head('released', dim=512)
+    shapes = sorted(tuple(w.shape) for w in head.parameters() if w.dim() == 2)
+    assert shapes == sorted([(128, 512), (128, 512), (512, 512), (512, 512), (512, 1024)])
+    biases = sorted(tuple(w.shape) for w in head.parameters() if w.dim() == 1)
+    assert biases == [(512,), (512,), (512,)]       # Z_S, Z_P, merge; projections bias-free
+
+
+def test_localised_coattn_is_one_round_max_pool_l2():
+    head = make_head('paper', 'localised_coattn').eval()
+    s, s_mask, p, p_mask, ns, np_ = random_pairs(5, seed=6)
+    with torch.no_grad():
+        s_out, p_out = head(s, s_mask, p, p_mask)
+        for b in range(len(s)):
+            S, P = ref_coattention(head.coattention, s[b, :ns[b]], p[b, :np_[b]])
+            torch.testing.assert_close(s_out[b], F.normalize(S.amax(0), dim=0), atol=1e-6, rtol=0)
+            torch.testing.assert_close(p_out[b], F.normalize(P.amax(0), dim=0), atol=1e-6, rtol=0)
+
+
+def test_triplet_loss_value():
+    s = torch.tensor([[0., 0.]])
+    d = lambda a, b: pair_distance(a, torch.tensor([b]))
+    loss = triplet_loss(d(s, [1., 0.]), d(s, [0., 2.]), margin=0.2)
+    assert loss.item() == pytest.approx(0.0)          # 0.2 + 1 - 4 < 0
+    loss = triplet_loss(d(s, [2., 0.]), d(s, [0., 1.]), margin=0.2)
+    assert loss.item() == pytest.approx(3.2)          # 0.2 + 4 - 1

@@ -1,0 +1,111 @@
+"""Region features, backbones, weight loading, and the batched evaluation against simple references."""
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+from evaluate import pairwise_distances, retrieval_metrics
+from model import (PretrainedWeightsError, RegionEncoder, build_backbone, build_head,
+                   save_checkpoint)
+
+
+def test_region_features_follow_boxes_at_the_tensor_scale():
+    # Backbone = 4x4 average pooling (stride 4): a bright square must be found by the box
+    # that covers it, at any input size, and nowhere else.
+    enc = RegionEncoder(nn.AvgPool2d(4), channels=3, dim=3)
+    for size in (64, 96):
+        img = torch.zeros(1, 3, size, size)
+        img[:, :, 16:32, 40:56] = 1.0                       # rows 16-32, columns 40-56
+        boxes = torch.tensor([[[40., 16., 56., 32.], [0., 40., 24., 60.], [0., 0., 0., 0.]]])
+        mask = torch.tensor([[True, True, False]])
+        out = enc(img, boxes, mask)
+        assert out.shape == (1, 3, 3)
+        assert out[0, 0].min() == pytest.approx(1.0)        # on the square
+        assert out[0, 1].max() == pytest.approx(0.0)        # away from it
+        assert out[0, 2].abs().max() == 0                   # padding stays zero
+
+
+def test_region_encoder_batches_match_one_image_at_a_time():
+    torch.manual_seed(0)
+    backbone, c = build_backbone('resnet18_light', 'none')
+    enc = RegionEncoder(backbone, c, dim=32).eval()
+    imgs = torch.randn(3, 3, 64, 64)
+    boxes = torch.rand(3, 5, 4) * 30
+    boxes[..., 2:] += boxes[..., :2] + 4
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    with torch.no_grad():
+        out = enc(imgs, boxes, mask)
+        for b in range(3):
+            n = int(mask[b].sum())
+            one = enc(imgs[b:b + 1], boxes[b:b + 1, :n], mask[b:b + 1, :n])
+            torch.testing.assert_close(out[b, :n], one[0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize('name,size,channels,side', [
+    ('vgg16', 224, 512, 7), ('resnet18_light', 128, 256, 8), ('inception_v3', 299, 2048, 8)])
+def test_backbone_output_shapes(name, size, channels, side):
+    net, c = build_backbone(name, 'none')
+    with torch.no_grad():
+        out = net.eval()(torch.zeros(1, 3, size, size))
+    assert c == channels and out.shape == (1, channels, side, side)
+
+
+def test_pretrained_from_a_local_file(tmp_path):
+    ref = torchvision.models.resnet18()
+    torch.save(ref.state_dict(), tmp_path / 'resnet18.pth')
+    net, _ = build_backbone('resnet18_light', str(tmp_path / 'resnet18.pth'))
+    torch.testing.assert_close(net[0].weight, ref.conv1.weight)
+    torch.save({'wrong': torch.zeros(1)}, tmp_path / 'bad.pth')
+    with pytest.raises(PretrainedWeightsError, match='not a torchvision resnet18_light state_dict'):
+        build_backbone('resnet18_light', str(tmp_path / 'bad.pth'))
+    with pytest.raises(PretrainedWeightsError, match='no such file'):
+        build_backbone('resnet18_light', str(tmp_path / 'missing.pth'))
+
+
+def test_imagenet_download_failure_says_what_to_do(monkeypatch):
+    def offline(self, *a, **k):
+        raise OSError('network unreachable')
+    monkeypatch.setattr(torchvision.models._api.WeightsEnum, 'get_state_dict', offline)
+    with pytest.raises(PretrainedWeightsError, match=r'--pretrained /path/to/vgg16-397923af\.pth.*--pretrained none'):
+        build_backbone('vgg16', 'imagenet')
+
+
+def test_pairwise_distances_match_one_pair_at_a_time():
+    torch.manual_seed(0)
+    head = build_head('paper', dim=16, att_dim=8).eval()
+    s = torch.randn(4, 6, 16)
+    p = torch.randn(5, 9, 16)
+    s_mask = torch.arange(6)[None] < torch.tensor([6, 2, 1, 4])[:, None]
+    p_mask = torch.arange(9)[None] < torch.tensor([9, 3, 1, 5, 7])[:, None]
+    dist = pairwise_distances(head, s, s_mask, p, p_mask, chunk=3)
+    with torch.no_grad():
+        for q in range(4):
+            for g in range(5):
+                ns, np_ = int(s_mask[q].sum()), int(p_mask[g].sum())
+                a, b = head(s[q:q + 1, :ns], s_mask[q:q + 1, :ns], p[g:g + 1, :np_], p_mask[g:g + 1, :np_])
+                assert dist[q, g].item() == pytest.approx((a - b).norm().item(), abs=1e-4)
+
+
+def test_retrieval_metrics_count_ties_against_the_query():
+    dist = torch.tensor([[0.1, 0.5, 0.9],     # true photo 0 first: rank 1
+                         [0.3, 0.3, 0.9],     # tie with photo 0: rank 2
+                         [0.2, 0.1, 0.05]])   # true photo 0 last: rank 3
+    metrics, ranks = retrieval_metrics(dist, torch.tensor([0, 1, 0]))
+    assert ranks.tolist() == [1, 2, 3]
+    assert metrics['acc@1'] == pytest.approx(1 / 3)
+    assert metrics['acc@10'] == pytest.approx(1.0)
+    assert metrics['mean_rank'] == pytest.approx(2.0)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path / 'last.pth', step=1)
+    real_save = torch.save
+
+    def torn(obj, f, *a, **k):          # the process dies in the middle of the write
+        real_save(obj, f, *a, **k)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, 'save', torn)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / 'last.pth', step=2)
+    monkeypatch.undo()
+    assert torch.load(tmp_path / 'last.pth')['step'] == 1
