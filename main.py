@@ -68,7 +68,8 @@ def train_step(model, batch, optimizer, margin, device, negatives='sampled'):
     negatives 'sampled' (the paper): each sketch against its positive and the batch's sampled
     negative photo, 2B pairs through the head. 'batch': each sketch against every photo of the
     batch, B x B pairs, every other photo a negative (B - 1 triplets per sketch instead of one,
-    and only B photos to encode). With one shared backbone, sketches and photos go through it in
+    and only B photos to encode); 'batch_hard': the same pairs, one triplet per sketch with its
+    closest other photo. With one shared backbone, sketches and photos go through it in
     ONE call, so batch norm normalises them with the same mixed-modality statistics that its
     running averages (used at evaluation) hold.
     """
@@ -99,7 +100,13 @@ def train_step(model, batch, optimizer, margin, device, negatives='sampled'):
         dist = dist.view(b, b)
         names = batch['photo_name']
         other = torch.tensor([[x != y for y in names] for x in names], device=device)
-        loss = triplet_loss(dist.diagonal()[:, None].expand(b, b)[other], dist[other], margin)
+        d_pos = dist.diagonal()
+        if negatives == 'batch_hard':   # the closest other photo of each sketch
+            keep = other.any(1)
+            d_neg = dist.masked_fill(~other, float('inf')).amin(1)
+            loss = triplet_loss(d_pos[keep], d_neg[keep], margin)
+        else:
+            loss = triplet_loss(d_pos[:, None].expand(b, b)[other], dist[other], margin)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

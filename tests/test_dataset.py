@@ -375,6 +375,11 @@ def test_photo_edges_trace_the_outline():
     assert not ink[:60].any() and not ink[200:].any()            # background: blank
 
 
+REAL = os.environ.get('FGSBIR_DATA')
+
+
+@pytest.mark.skipif(not REAL or not os.path.isdir(os.path.join(REAL or '', 'ChairV2')),
+                    reason='FGSBIR_DATA (the folder holding ChairV2/) is not set')
 def test_real_chairv2():
     args = make_args('ChairV2', REAL, '--image_size', '224')
     index = dataset.load_index(args)

@@ -68,7 +68,7 @@ def test_run_resume_and_evaluate(data_root, tmp_path):
     assert coarse['sketch_detail'] == 'coarse++' and (run / 'retrieval_best_coarse++.png').is_file()
 
 
-@pytest.mark.parametrize('negatives', ['sampled', 'batch'])
+@pytest.mark.parametrize('negatives', ['sampled', 'batch', 'batch_hard'])
 @pytest.mark.parametrize('shared', [True, False])
 def test_train_step_loss_matches_explicit_triplets(data_root, negatives, shared):
     """The batched step against triplets written out one by one (eval mode: greedy, no noise)."""
@@ -96,5 +96,7 @@ def test_train_step_loss_matches_explicit_triplets(data_root, negatives, shared)
             negs = [dist(a, 'sketch', a, 'negative')]
         else:
             negs = [dist(a, 'sketch', b, 'positive') for b in items if b['photo_name'] != a['photo_name']]
+            if negatives == 'batch_hard':
+                negs = [min(negs)] if negs else []
         terms += [max(0.0, args.margin + d_pos - d) for d in negs]
     assert loss == pytest.approx(sum(terms) / len(terms), rel=1e-4, abs=1e-5)
