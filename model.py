@@ -208,11 +208,11 @@ def build_head(variant='paper', dim=512, att_dim=128, method='hierarchy'):
     if variant not in VARIANTS:
         raise ValueError(f'unknown variant {variant!r}; expected one of {sorted(VARIANTS)}')
     v = VARIANTS[variant]
-    coattention = None if method == 'no_coattn' else CoAttention(dim, att_dim, v['gate'])
-    if method == 'localised_coattn':
+    if method == 'localised_coattn':   # SPEC section 9: one round with the learned gate
         return PairHead(CoAttention(dim, att_dim, 'learned'), None, None)
     if method not in ('hierarchy', 'no_coattn'):
         raise ValueError(f'unknown method {method!r}')
+    coattention = None if method == 'no_coattn' else CoAttention(dim, att_dim, v['gate'])
     merge_s = merge_layer(dim, v['relu'])
     merge_p = merge_s if v['shared_merge'] else merge_layer(dim, v['relu'])
     return PairHead(coattention,
