@@ -590,11 +590,11 @@ def to_tensors(img, boxes):
     return x, torch.as_tensor(np.asarray(boxes, dtype=np.float32))
 
 
-def train_transform(img, boxes, size, flip_prob):
-    """Resize to round(S*240/224) square, centre crop S, hflip with p=flip_prob (SPEC 6)."""
+def train_transform(img, boxes, size, flip):
+    """Resize to round(S*240/224) square, centre crop S, horizontal flip if `flip` (SPEC 6)."""
     img, boxes = joint_resize(img, boxes, round(size * 240 / 224))
     img, boxes = joint_center_crop(img, boxes, size)
-    if torch.rand(()).item() < flip_prob:
+    if flip:
         img, boxes = joint_hflip(img, boxes)
     return to_tensors(img, boxes)
 
@@ -628,15 +628,18 @@ class TripletDataset(Dataset):
             if self.photo_names[j] != self.photo_names[i]:
                 return self.photo_names[j]
 
-    def photo(self, name):
+    def photo(self, name, flip):
         rec = self.index.photos[name]
-        return train_transform(network_photo(rec.path, self.args), rec.boxes, self.args.image_size, self.args.flip_prob)
+        return train_transform(network_photo(rec.path, self.args), rec.boxes, self.args.image_size, flip)
 
     def __getitem__(self, i):
         rec = self.records[i]
-        s, s_boxes = train_transform(*render_sketch(rec, self.args), self.args.image_size, self.args.flip_prob)
-        p, p_boxes = self.photo(rec.photo)
-        n, n_boxes = self.photo(self.negative_photo(i))
+        # One flip for the whole triplet (as the authors' code): a sketch is never compared
+        # with the mirror image of its photo, which matters for objects seen from one side.
+        flip = torch.rand(()).item() < self.args.flip_prob
+        s, s_boxes = train_transform(*render_sketch(rec, self.args), self.args.image_size, flip)
+        p, p_boxes = self.photo(rec.photo, flip)
+        n, n_boxes = self.photo(self.negative_photo(i), flip)
         return {'sketch': s, 'sketch_boxes': s_boxes, 'positive': p, 'positive_boxes': p_boxes,
                 'negative': n, 'negative_boxes': n_boxes, 'photo_name': rec.photo}
 

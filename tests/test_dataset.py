@@ -62,7 +62,7 @@ def test_center_crop_clamps_boxes_and_keeps_a_1px_box():
     assert b.tolist() == [[0, 0, 80, 80], [0, 30, 20, 50], [0, 0, 1, 1], [79, 79, 80, 80]]
 
 
-@pytest.mark.parametrize('flip', [0.0, 1.0])
+@pytest.mark.parametrize('flip', [False, True])
 @pytest.mark.parametrize('size', [(256, 256), (500, 300), (90, 160)])
 def test_train_and_test_transforms_keep_boxes_on_the_rectangle(size, flip):
     W, H = size
@@ -111,6 +111,24 @@ def test_qmul_loader(qmul_root):
     assert test.query_image(0).size == (256, 256) and test.gallery_image(1).size == (48, 80)
     batch = dataset.collate([train[i] for i in range(4)])
     assert batch['positive_mask'].shape == (4, 3)
+
+
+def test_triplet_is_flipped_as_a_whole(qmul_root):
+    refs = {}
+    for p in (0.0, 1.0):
+        train, _ = dataset.build_datasets(make_args('ChairV2', qmul_root, '--flip_prob', str(p)))
+        refs[p] = [(train[i]['sketch'], train[i]['positive']) for i in range(len(train))]
+    train, _ = dataset.build_datasets(make_args('ChairV2', qmul_root, '--flip_prob', '0.5'))
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(6):
+        for i in range(len(train)):
+            item = train[i]
+            flips = [next(p for p in (0.0, 1.0) if torch.equal(item[k], refs[p][i][j]))
+                     for j, k in enumerate(('sketch', 'positive'))]
+            assert flips[0] == flips[1]
+            seen.add(flips[0])
+    assert seen == {0.0, 1.0}
 
 
 def test_triplet_negative_is_never_the_positive_photo(qmul_root):
