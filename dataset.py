@@ -748,7 +748,7 @@ def format_summary(index, args):
         f'  boxes per photo (first --num_regions={args.num_regions}): {stats([len(p.boxes) for p in photos])}',
         f'  photos with fewer than {args.num_regions} boxes: {len(few)}'
         + (f' ({", ".join(few[:5])}{", ..." if len(few) > 5 else ""})' if few else ''),
-        f'  photo sizes: ' + ', '.join(f'{s} x{c}' for s, c in sizes.most_common()),
+        '  photo sizes: ' + ', '.join(f'{s} x{c}' for s, c in sizes.most_common()),
         f'  photo boxes from: {index.box_source}',
     ]
     if index.repairs:
