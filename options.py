@@ -14,8 +14,8 @@ SKETCH_DETAILS = ('full', 'coarse', 'coarse++')
 # Defaults that depend on the backbone. vgg16 / inception_v3: the paper's set-up (224 / 299 px
 # input, ImageNet weights, Adam 1e-4). resnet18_light is ours, for a CPU without ImageNet weights:
 # it starts from random weights, so it takes a larger learning rate, runs at 96 px with D = 256
-# so that a 2-core CPU trains it in minutes, and gives sketch and photo their own network
-# because a shared one would mix the two modalities' batch-norm statistics.
+# so that a 2-core CPU trains it in minutes, sees photos as edge maps drawn like sketches, and
+# scales region features to unit length (see README, 'Backbones and their defaults').
 BACKBONE_DEFAULTS = {
     'vgg16': dict(image_size=224, pretrained='imagenet', dim=512, lr=1e-4, separate_backbones=False,
                   node_norm='none', photo_input='rgb'),
@@ -102,8 +102,7 @@ def build_parser():
                    help='scale each region feature to unit length before the head; default: none '
                         '(vgg16, inception_v3, the paper), l2 (resnet18_light)')
     m.add_argument('--separate_backbones', action=argparse.BooleanOptionalAction, default=None,
-                   help='give sketch and photo their own backbone; default: shared for vgg16 and '
-                        'inception_v3, separate for resnet18_light (batch norm)')
+                   help='give sketch and photo their own backbone (default: one shared backbone)')
 
     t = p.add_argument_group('training')
     t.add_argument('--batch_size', type=int, default=16)
