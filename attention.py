@@ -9,6 +9,10 @@ import torch
 import torch.nn as nn
 
 GATES = ('learned', 'product')
+# init 'identity' shrinks Z's initial weights by this factor: each round starts close to the
+# identity (the update is small next to the residual) but Z still gets gradients; a zero Z
+# would not (ReLU'(0) = 0).
+IDENTITY_INIT_SCALE = 0.1
 
 
 class CoAttentionBranch(nn.Module):
@@ -16,13 +20,20 @@ class CoAttentionBranch(nn.Module):
 
     gate 'learned' (paper): G = sigmoid(W_G [X ; Y]), W_G: 2D -> D.
     gate 'product' (authors' code): G = sigmoid(X * Y), no parameters.
+    init 'identity': Z starts at IDENTITY_INIT_SCALE times PyTorch's init; 'default': PyTorch's.
     """
 
-    def __init__(self, dim, gate='learned'):
+    def __init__(self, dim, gate='learned', init='identity'):
         super().__init__()
         if gate not in GATES:
             raise ValueError(f'unknown gate {gate!r}; expected one of {GATES}')
+        if init not in ('identity', 'default'):
+            raise ValueError(f"unknown init {init!r}; expected 'identity' or 'default'")
         self.z = nn.Linear(dim, dim)
+        if init == 'identity':
+            with torch.no_grad():
+                self.z.weight.mul_(IDENTITY_INIT_SCALE)
+                self.z.bias.mul_(IDENTITY_INIT_SCALE)
         self.gate = nn.Linear(2 * dim, dim) if gate == 'learned' else None
 
     def forward(self, x, attended):
@@ -40,12 +51,12 @@ class CoAttention(nn.Module):
     W_s, W_p: D -> att_dim, no bias; each side has its own update branch (Z and, if learned, W_G).
     """
 
-    def __init__(self, dim=512, att_dim=128, gate='learned'):
+    def __init__(self, dim=512, att_dim=128, gate='learned', init='identity'):
         super().__init__()
         self.w_s = nn.Linear(dim, att_dim, bias=False)
         self.w_p = nn.Linear(dim, att_dim, bias=False)
-        self.sketch = CoAttentionBranch(dim, gate)
-        self.photo = CoAttentionBranch(dim, gate)
+        self.sketch = CoAttentionBranch(dim, gate, init)
+        self.photo = CoAttentionBranch(dim, gate, init)
         self.scale = 1.0 / math.sqrt(att_dim)
 
     def forward(self, s, s_mask, p, p_mask):

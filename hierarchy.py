@@ -17,9 +17,25 @@ def sample_gumbel(shape, like):
     return -torch.log((-torch.log(u.clamp_min(tiny))).clamp_min(tiny))
 
 
-def merge_layer(dim, relu):
-    """x_ab = [ReLU](W_F [x_a ; x_b]), W_F: 2D -> D with bias."""
+INITS = ('identity', 'default')
+
+
+def merge_layer(dim, relu, init='identity'):
+    """x_ab = [ReLU](W_F [x_a ; x_b]), W_F: 2D -> D with bias.
+
+    init 'identity': W_F = [I/2, I/2], b = 0, so a merged node starts as the mean of its two
+    children and the root as a weighted mean of the leaves (ReLU passes the non-negative region
+    features unchanged); 'default': PyTorch's uniform init. With PyTorch's init, ~15 rounds of
+    random merges scramble the region features: on the embedded dataset a fresh head on top of
+    a trained backbone ranked worse than chance (README, 'Initialisation of the head').
+    """
+    if init not in INITS:
+        raise ValueError(f'unknown init {init!r}; expected one of {INITS}')
     layer = nn.Linear(2 * dim, dim)
+    if init == 'identity':
+        with torch.no_grad():
+            layer.weight.copy_(torch.cat([torch.eye(dim), torch.eye(dim)], dim=1) / 2)
+            layer.bias.zero_()
     return nn.Sequential(layer, nn.ReLU()) if relu else layer
 
 

@@ -7,6 +7,7 @@ A run folder (--output_dir/--run_name) receives args.json, metrics.jsonl, best.p
 last.pth, retrieval figures and TensorBoard logs (tb/). --resume RUN continues an interrupted run.
 """
 import json
+import math
 import random
 import sys
 import time
@@ -113,6 +114,15 @@ def train_step(model, batch, optimizer, margin, device, negatives='sampled'):
     return loss.item()
 
 
+def learning_rate(args, step, total_steps):
+    """The learning rate of optimiser step `step` (0-based): --lr throughout ('constant', the
+    paper) or a half-cosine from --lr down to 0 at total_steps ('cosine'). A function of the step
+    alone, so a resumed run continues the same curve."""
+    if args.lr_schedule == 'cosine':
+        return args.lr * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    return args.lr
+
+
 def load_resume(path):
     path = Path(path)
     ckpt_path = path / 'last.pth' if path.is_dir() else path
@@ -199,6 +209,8 @@ def main(argv=None):
         epoch, offset = divmod(step, steps_per_epoch)
         sampler.set_epoch(epoch, offset * args.batch_size)
         for batch in loader:
+            for group in optimizer.param_groups:
+                group['lr'] = learning_rate(args, step, total_steps)
             loss = train_step(model, batch, optimizer, args.margin, device, args.negatives)
             step += 1
             bar.update(1)

@@ -79,9 +79,9 @@ def build_backbone(name, pretrained='none'):
 
 
 class RegionEncoder(nn.Module):
-    """One D-dim vector per box: backbone map, RoIAlign 7x7 (sampling ratio 2), global max-pool,
-    a linear projection when the backbone's channels differ from D, and optionally (node_norm
-    'l2') unit length per node."""
+    """One D-dim vector per box: backbone map, RoIAlign roi_size x roi_size (sampling ratio 2;
+    the paper: 7), global max-pool, a linear projection when the backbone's channels differ from
+    D, and optionally (node_norm 'l2') unit length per node."""
 
     def __init__(self, backbone, channels, dim=512, roi_size=7, node_norm='none'):
         super().__init__()
@@ -100,7 +100,7 @@ class RegionEncoder(nn.Module):
         batch_idx = torch.arange(b, device=images.device, dtype=boxes.dtype)[:, None].expand(b, n)
         rois = torch.cat([batch_idx[mask][:, None], boxes[mask]], dim=1)             # [M, 5]
         pooled = roi_align(fmap, rois.to(fmap.dtype), self.roi_size, spatial_scale=scale,
-                           sampling_ratio=2, aligned=True)                          # [M, C, 7, 7]
+                           sampling_ratio=2, aligned=True)                          # [M, C, r, r]
         feats = self.proj(pooled.amax(dim=(2, 3)))                                   # [M, D]
         if self.node_norm == 'l2':
             feats = nn.functional.normalize(feats, dim=1)
@@ -202,19 +202,21 @@ VARIANTS = {
 }
 
 
-def build_head(variant='paper', dim=512, att_dim=128, method='hierarchy'):
+def build_head(variant='paper', dim=512, att_dim=128, method='hierarchy', init='identity'):
     """The pairwise head. variant: 'paper' or 'released' (the authors' pre-Sep-2020 code);
-    method: 'hierarchy' (proposed), 'localised_coattn' (w/o Hierarchy), 'no_coattn'."""
+    method: 'hierarchy' (proposed), 'localised_coattn' (w/o Hierarchy), 'no_coattn';
+    init: 'identity' (merges start as means, co-attention updates start small; ours, the paper
+    does not say) or 'default' (PyTorch's, as the authors' code)."""
     if variant not in VARIANTS:
         raise ValueError(f'unknown variant {variant!r}; expected one of {sorted(VARIANTS)}')
     v = VARIANTS[variant]
     if method == 'localised_coattn':   # SPEC section 9: one round with the learned gate
-        return PairHead(CoAttention(dim, att_dim, 'learned'), None, None)
+        return PairHead(CoAttention(dim, att_dim, 'learned', init), None, None)
     if method not in ('hierarchy', 'no_coattn'):
         raise ValueError(f'unknown method {method!r}')
-    coattention = None if method == 'no_coattn' else CoAttention(dim, att_dim, v['gate'])
-    merge_s = merge_layer(dim, v['relu'])
-    merge_p = merge_s if v['shared_merge'] else merge_layer(dim, v['relu'])
+    coattention = None if method == 'no_coattn' else CoAttention(dim, att_dim, v['gate'], init)
+    merge_s = merge_layer(dim, v['relu'], init)
+    merge_p = merge_s if v['shared_merge'] else merge_layer(dim, v['relu'], init)
     return PairHead(coattention,
                     NodeFusion(merge_s, dim, v['compatibility'], att_dim),
                     NodeFusion(merge_p, dim, v['compatibility'], att_dim))
@@ -241,10 +243,10 @@ def build_model(args):
     """The model an options Namespace describes (see options.py)."""
     def encoder():
         return RegionEncoder(*build_backbone(args.backbone, args.pretrained), dim=args.dim,
-                             node_norm=args.node_norm)
+                             roi_size=args.roi_size, node_norm=args.node_norm)
     sketch_encoder = encoder()
     photo_encoder = encoder() if args.separate_backbones else sketch_encoder
-    head = build_head(args.variant, args.dim, args.att_dim, args.method)
+    head = build_head(args.variant, args.dim, args.att_dim, args.method, args.head_init)
     return CrossModalHierarchy(sketch_encoder, photo_encoder, head)
 
 

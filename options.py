@@ -14,15 +14,16 @@ SKETCH_DETAILS = ('full', 'coarse', 'coarse++')
 # Defaults that depend on the backbone. vgg16 / inception_v3: the paper's set-up (224 / 299 px
 # input, ImageNet weights, Adam 1e-4). resnet18_light is ours, for a CPU without ImageNet weights:
 # it starts from random weights, so it takes a larger learning rate, runs at 96 px with D = 256
-# so that a 2-core CPU trains it in minutes, sees photos as edge maps drawn like sketches, and
-# scales region features to unit length (see README, 'Backbones and their defaults').
+# so that a 2-core CPU trains it in minutes, pools regions on a 3x3 RoIAlign grid (its map is
+# only 6x6), sees photos as edge maps drawn like sketches, and scales region features to unit
+# length (see README, 'Backbones and their defaults').
 BACKBONE_DEFAULTS = {
     'vgg16': dict(image_size=224, pretrained='imagenet', dim=512, lr=1e-4, separate_backbones=False,
-                  node_norm='none', photo_input='rgb'),
+                  node_norm='none', photo_input='rgb', roi_size=7),
     'inception_v3': dict(image_size=299, pretrained='imagenet', dim=512, lr=1e-4, separate_backbones=False,
-                  node_norm='none', photo_input='rgb'),
+                  node_norm='none', photo_input='rgb', roi_size=7),
     'resnet18_light': dict(image_size=96, pretrained='none', dim=256, lr=1e-3, separate_backbones=False,
-                           node_norm='l2', photo_input='edges'),
+                           node_norm='l2', photo_input='edges', roi_size=3),
 }
 # The paper trains 200 epochs; the embedded datasets get a budget that `python main.py` (light
 # backbone, 2-core CPU) finishes in under 10 minutes.
@@ -98,9 +99,19 @@ def build_parser():
                    help='node feature size D (backbone channels are projected to it when they '
                         'differ); default: 512 (vgg16, inception_v3), 256 (resnet18_light)')
     m.add_argument('--att_dim', type=int, default=128, help='co-attention projection size')
+    m.add_argument('--roi_size', type=int, default=None,
+                   help='RoIAlign output grid (sampling ratio 2), max-pooled to one vector per '
+                        'node; default: 7 (vgg16, inception_v3, the paper), 3 (resnet18_light: a '
+                        '6x6 map at 96 px, where a 7x7 grid only resamples the same cells and its '
+                        'CPU backward took 38 %% of a training step)')
     m.add_argument('--node_norm', default=None, choices=('none', 'l2'),
                    help='scale each region feature to unit length before the head; default: none '
                         '(vgg16, inception_v3, the paper), l2 (resnet18_light)')
+    m.add_argument('--head_init', default='identity', choices=('identity', 'default'),
+                   help='identity: every merge starts as the mean of its two nodes and every '
+                        'co-attention update starts small, so the fresh head passes the region '
+                        'features on (ours; the paper does not say); default: PyTorch\'s init, as '
+                        'the authors\' code')
     m.add_argument('--separate_backbones', action=argparse.BooleanOptionalAction, default=None,
                    help='give sketch and photo their own backbone (default: one shared backbone)')
 
@@ -109,6 +120,9 @@ def build_parser():
     t.add_argument('--lr', type=float, default=None,
                    help='Adam learning rate; default: 1e-4 (vgg16, inception_v3, the paper), '
                         '1e-3 (resnet18_light, trained from scratch)')
+    t.add_argument('--lr_schedule', default='constant', choices=('constant', 'cosine'),
+                   help='constant: --lr throughout (the paper); cosine: from --lr down to 0 over '
+                        'the run (--max_steps, or --epochs)')
     t.add_argument('--negatives', default='sampled', choices=('sampled', 'batch', 'batch_hard'),
                    help='sampled: one negative per sketch, the photo of a random other training '
                         'sketch (the paper); batch: every other photo of the batch; batch_hard: '

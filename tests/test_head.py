@@ -5,6 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from evaluate import pairwise_distances, retrieval_metrics
+from hierarchy import merge_layer
 from model import build_head, pair_distance, triplet_loss
 
 D = 16  # small D keeps the float64 reference fast; the arithmetic does not depend on it
@@ -93,16 +95,17 @@ class RecordingGumbel:
         return list(zip(self.draws[0::2], self.draws[1::2]))
 
 
-def make_head(variant, method='hierarchy', seed=0):
+def make_head(variant, method='hierarchy', seed=0, init='identity'):
     torch.manual_seed(seed)
-    return build_head(variant, dim=D, att_dim=8, method=method).double()
+    return build_head(variant, dim=D, att_dim=8, method=method, init=init).double()
 
 
 # ---------------------------------------------------------------- tests
+@pytest.mark.parametrize('init', ['identity', 'default'])
 @pytest.mark.parametrize('method', ['hierarchy', 'no_coattn'])
 @pytest.mark.parametrize('variant', ['paper', 'released'])
-def test_batched_head_matches_reference_eval(variant, method):
-    head = make_head(variant, method).eval()
+def test_batched_head_matches_reference_eval(variant, method, init):
+    head = make_head(variant, method, init=init).eval()
     s, s_mask, p, p_mask, ns, np_ = random_pairs(12, seed=1)
     with torch.no_grad():
         s_out, p_out, rounds = head(s, s_mask, p, p_mask, return_rounds=True)
@@ -195,6 +198,41 @@ def test_localised_coattn_is_one_round_max_pool_l2():
             S, P = ref_coattention(head.coattention, s[b, :ns[b]], p[b, :np_[b]])
             torch.testing.assert_close(s_out[b], F.normalize(S.amax(0), dim=0), atol=1e-6, rtol=0)
             torch.testing.assert_close(p_out[b], F.normalize(P.amax(0), dim=0), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize('relu', [True, False])
+def test_identity_init_merges_to_the_mean(relu):
+    merge = merge_layer(D, relu, init='identity').double()
+    a, b = torch.rand(2, 3, D, dtype=torch.float64)     # non-negative, like ReLU features
+    torch.testing.assert_close(merge(torch.cat([a, b], 1)), (a + b) / 2)
+    # A node set of copies of one vector embeds to that vector, however the merges go.
+    head = make_head('paper', 'no_coattn').eval()
+    v = torch.rand(1, 1, D, dtype=torch.float64)
+    m = torch.ones(1, 7, dtype=torch.bool)
+    with torch.no_grad():
+        s_out, p_out = head(v.expand(1, 7, D), m, v.expand(1, 7, D), m)
+    torch.testing.assert_close(s_out, v[:, 0])
+    torch.testing.assert_close(p_out, v[:, 0])
+
+
+def test_fresh_identity_head_keeps_the_matching_of_its_inputs():
+    # Each sketch: 6 of its photo's 8 nodes, shuffled, plus a little noise. An untrained head with the
+    # identity init ranks the true photo far above chance; PyTorch's init scrambles the nodes
+    # (the reason for the identity init: training from scratch did not recover from it).
+    chance = (20 + 1) / 2
+    ranks = {'identity': [], 'default': []}
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        p = F.normalize(torch.rand(20, 8, D, generator=g, dtype=torch.float64), dim=-1)
+        s = p[:, torch.randperm(8, generator=g)[:6]] + 0.05 * torch.rand(20, 6, D, generator=g, dtype=torch.float64)
+        s_mask, p_mask = torch.ones(20, 6, dtype=torch.bool), torch.ones(20, 8, dtype=torch.bool)
+        for init in ranks:
+            head = make_head('paper', seed=seed, init=init).eval()
+            metrics, _ = retrieval_metrics(pairwise_distances(head, s, s_mask, p, p_mask), torch.arange(20))
+            ranks[init].append(metrics['mean_rank'])
+    identity, default = (sum(r) / len(r) for r in ranks.values())
+    assert identity < 0.7 * chance, ranks
+    assert default > 0.9 * chance, ranks
 
 
 def test_triplet_loss_value():

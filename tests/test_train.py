@@ -34,15 +34,28 @@ def test_training_steps_reduce_the_loss(data_root):
 
 
 def run_main(data_root, out, *extra):
-    return main.main(['--data_root', str(data_root), *TINY, '--output_dir', str(out), *extra])
+    # A cosine schedule, so that the resumed run must also get the learning rate right.
+    return main.main(['--data_root', str(data_root), *TINY, '--output_dir', str(out),
+                      '--lr_schedule', 'cosine', *extra])
 
 
-def test_run_resume_and_evaluate(data_root, tmp_path):
+def test_run_resume_and_evaluate(data_root, tmp_path, monkeypatch):
     # 4 steps in one go ...
     run_main(data_root, tmp_path, '--run_name', 'straight', '--max_steps', '4', '--eval_every', '2')
-    # ... and 2 steps, an interruption, then --resume to 4: the same batches, the same weights.
-    run_main(data_root, tmp_path, '--run_name', 'split', '--max_steps', '2', '--eval_every', '2')
-    run_main(data_root, tmp_path, '--resume', str(tmp_path / 'split'), '--max_steps', '4')
+    # ... and the same run killed during its third step, then --resume: the same batches, the
+    # same learning rates, the same weights.
+    real_step, calls = main.train_step, []
+
+    def crash_on_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(*a, **k)
+    monkeypatch.setattr(main, 'train_step', crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_main(data_root, tmp_path, '--run_name', 'split', '--max_steps', '4', '--eval_every', '2')
+    monkeypatch.setattr(main, 'train_step', real_step)
+    run_main(data_root, tmp_path, '--resume', str(tmp_path / 'split'))
     straight = torch.load(tmp_path / 'straight' / 'last.pth', weights_only=False)
     split = torch.load(tmp_path / 'split' / 'last.pth', weights_only=False)
     assert straight['step'] == split['step'] == 4
@@ -66,6 +79,13 @@ def test_run_resume_and_evaluate(data_root, tmp_path):
     coarse = evaluate.main(['--checkpoint', str(run / 'best.pth'), '--data_root', str(data_root),
                             '--sketch_detail', 'coarse++'])
     assert coarse['sketch_detail'] == 'coarse++' and (run / 'retrieval_best_coarse++.png').is_file()
+
+
+def test_learning_rate_schedules():
+    cosine = options.parse_args(['--lr', '1e-3', '--lr_schedule', 'cosine'])
+    assert [main.learning_rate(cosine, s, 100) for s in (0, 50, 100)] == pytest.approx([1e-3, 5e-4, 0])
+    paper = options.parse_args(['--backbone', 'vgg16'])
+    assert paper.lr_schedule == 'constant' and main.learning_rate(paper, 77, 100) == paper.lr == 1e-4
 
 
 @pytest.mark.parametrize('negatives', ['sampled', 'batch', 'batch_hard'])
