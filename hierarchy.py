@@ -25,9 +25,9 @@ def merge_layer(dim, relu, init='identity'):
 
     init 'identity': W_F = [I/2, I/2], b = 0, so a merged node starts as the mean of its two
     children and the root as a weighted mean of the leaves (ReLU passes the non-negative region
-    features unchanged); 'default': PyTorch's uniform init. With PyTorch's init, ~15 rounds of
-    random merges scramble the region features: on the embedded dataset a fresh head on top of
-    a trained backbone ranked worse than chance (README, 'Initialisation of the head').
+    features unchanged); 'default': PyTorch's uniform init, under which ~15 rounds of random
+    merges scramble the region features and training from scratch barely moves (README,
+    'Initialisation of the head').
     """
     if init not in INITS:
         raise ValueError(f'unknown init {init!r}; expected one of {INITS}')
