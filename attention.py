@@ -1,4 +1,4 @@
-"""Cross-modal co-attention between the sketch nodes and the photo nodes of a pair (SPEC section 3).
+"""Cross-modal co-attention between the sketch nodes and the photo nodes of a pair (arXiv 2007.15103; docs/method.md, (M1)-(M4)).
 
 One round, batched over B pairs whose node counts differ; padded nodes are masked out of the
 softmax and come back as zeros.
@@ -7,6 +7,8 @@ import math
 
 import torch
 import torch.nn as nn
+
+from hierarchy import INITS
 
 GATES = ('learned', 'product')
 # init 'identity' shrinks Z's initial weights by this factor: each round starts close to the
@@ -20,15 +22,15 @@ class CoAttentionBranch(nn.Module):
 
     gate 'learned' (paper): G = sigmoid(W_G [X ; Y]), W_G: 2D -> D.
     gate 'product' (authors' code): G = sigmoid(X * Y), no parameters.
-    init 'identity': Z starts at IDENTITY_INIT_SCALE times PyTorch's init; 'default': PyTorch's.
+    init 'identity': Z starts at IDENTITY_INIT_SCALE times PyTorch's init; 'pytorch': PyTorch's.
     """
 
     def __init__(self, dim, gate='learned', init='identity'):
         super().__init__()
         if gate not in GATES:
             raise ValueError(f'unknown gate {gate!r}; expected one of {GATES}')
-        if init not in ('identity', 'default'):
-            raise ValueError(f"unknown init {init!r}; expected 'identity' or 'default'")
+        if init not in INITS:
+            raise ValueError(f'unknown init {init!r}; expected one of {INITS}')
         self.z = nn.Linear(dim, dim)
         if init == 'identity':
             with torch.no_grad():

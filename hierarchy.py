@@ -1,4 +1,4 @@
-"""Hierarchical node fusion: one level merges one pair of nodes per node set (SPEC section 4).
+"""Hierarchical node fusion: one level merges one pair of nodes per node set (arXiv 2007.15103; docs/method.md, (M5)-(M7)).
 
 Batched over node sets of different sizes: real nodes are a prefix of each row (mask True), and
 stay so after the merge, so no Python loop over pairs is needed.
@@ -17,7 +17,7 @@ def sample_gumbel(shape, like):
     return -torch.log((-torch.log(u.clamp_min(tiny))).clamp_min(tiny))
 
 
-INITS = ('identity', 'default')
+INITS = ('identity', 'pytorch')
 
 
 def merge_layer(dim, relu, init='identity'):
@@ -25,7 +25,7 @@ def merge_layer(dim, relu, init='identity'):
 
     init 'identity': W_F = [I/2, I/2], b = 0, so a merged node starts as the mean of its two
     children and the root as a weighted mean of the leaves (ReLU passes the non-negative region
-    features unchanged); 'default': PyTorch's uniform init, under which ~15 rounds of random
+    features unchanged); 'pytorch': PyTorch's uniform init (the authors' code), under which ~15 rounds of random
     merges scramble the region features and training from scratch barely moves (README,
     'Initialisation of the head').
     """

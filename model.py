@@ -1,116 +1,199 @@
-"""The model of Sain et al., BMVC 2020: region features, co-attention, hierarchical node fusion.
+"""The model interface every method implements, and the proposed model of Sain et al., BMVC 2020
+(arXiv 2007.15103; equations in docs/method.md).
 
     images --backbone--> feature map --RoIAlign(boxes), max-pool--> nodes [B, N, D]
     (sketch nodes, photo nodes) --PairHead: co-attention + node fusion, repeated--> one vector per side
 
-The head is pairwise: the sketch's embedding depends on the photo it is compared with.
+Every method (this file and baselines.py) is a `RetrievalModel`: it encodes images to features
+(`encode`) and scores (sketch, photo) index pairs with the one distance the triplet loss trains
+(`distances`, squared Euclidean). Training calls `forward` (so DistributedDataParallel sees the
+step) and evaluation calls `encode` and `distance_matrix`; neither knows which method it runs.
+Features are dicts of batch-first tensors, so they can be indexed, concatenated and split alike.
 """
-import os
-from pathlib import Path
-
 import torch
 import torch.nn as nn
-import torchvision
 from torchvision.ops import roi_align
+from tqdm import tqdm
 
 from attention import CoAttention
+from backbones import build_backbone
 from hierarchy import NodeFusion, merge_layer, sample_gumbel
 
-# torchvision constructor, weights enum, feature-extractor maker, feature channels.
-BACKBONES = {
-    'vgg16': (torchvision.models.vgg16, torchvision.models.VGG16_Weights.IMAGENET1K_V1),
-    'inception_v3': (torchvision.models.inception_v3, torchvision.models.Inception_V3_Weights.IMAGENET1K_V1),
-    'resnet18_light': (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
-}
+
+# ----------------------------------------------------------------------------- features
+def select(features, idx):
+    """Rows `idx` (long [P]) of every tensor of a features dict."""
+    return {k: v[idx] for k, v in features.items()}
 
 
-class PretrainedWeightsError(RuntimeError):
-    pass
+def concat(parts):
+    """Features dicts -> one, rows stacked; dims 1.. (nodes, points) zero-padded to the widest."""
+    out = {}
+    for k in parts[0]:
+        vs = [p[k] for p in parts]
+        shape = [max(v.shape[d] for v in vs) for d in range(1, vs[0].dim())]
+        out[k] = torch.cat([_pad_to(v, shape) for v in vs])
+    return out
 
 
-def _load_torchvision(name, pretrained):
-    """The full torchvision classifier with ImageNet weights ('imagenet'), random ('none') or
-    a local state_dict file (PATH, e.g. torchvision's own vgg16-397923af.pth)."""
-    ctor, weights = BACKBONES[name]
-    extra = {'aux_logits': True, 'init_weights': pretrained == 'none'} if name == 'inception_v3' else {}
-    if pretrained == 'imagenet':
-        try:
-            return ctor(weights=weights, **extra)
-        except Exception as e:  # no network, proxy, corrupt cache: say how to get around it
-            fname = weights.url.rsplit('/', 1)[-1]
-            raise PretrainedWeightsError(
-                f'could not get the ImageNet weights of {name} from {weights.url} ({e}). Download '
-                f'{fname} on a machine with internet and pass --pretrained /path/to/{fname}, '
-                f'or pass --pretrained none to start from random initialisation.') from None
-    model = ctor(weights=None, **extra)
-    if pretrained != 'none':
-        path = Path(pretrained)
-        if not path.is_file():
-            raise PretrainedWeightsError(f'--pretrained {pretrained}: no such file (expected imagenet, '
-                                         f'none or the path of a torchvision {name} state_dict)')
-        state = torch.load(path, map_location='cpu', weights_only=True)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise PretrainedWeightsError(f'{path} is not a torchvision {name} state_dict: '
-                                         f'{str(e).splitlines()[0]} ...') from None
-    return model
+def _pad_to(v, shape):
+    """Zero-pad (False-pad) dims 1.. of v up to `shape`."""
+    pad = []
+    for d in reversed(range(1, v.dim())):
+        pad += [0, shape[d - 1] - v.shape[d]]
+    return nn.functional.pad(v, pad) if any(pad) else v
 
 
-def build_backbone(name, pretrained='none'):
-    """A fully convolutional feature extractor [B, 3, H, W] -> [B, C, h, w] and its C.
+def split(features, sizes):
+    """Inverse of concat for row counts `sizes` (the padding stays)."""
+    out = [{} for _ in sizes]
+    for k, v in features.items():
+        for o, part in zip(out, v.split(list(sizes))):
+            o[k] = part
+    return out
 
-    vgg16: .features, C = 512, stride 32 (the paper). inception_v3: up to Mixed_7c, C = 2048.
-    resnet18_light: ResNet-18 up to layer3, C = 256, stride 16: about 1/8 of VGG-16's cost at
-    the same input, with batch norm so that it trains from scratch, which is what a 2-core CPU
-    without ImageNet weights can afford for the embedded dataset.
+
+def batch_inputs(batch, key, device):
+    """The inputs of one image set of a collated batch ('sketch', 'positive', 'photo', ...):
+    image [B, 3, S, S], boxes [B, N, 4], mask bool [B, N], and points [B, L, 3] + points_mask
+    [B, L] where the batch has them."""
+    names = {'image': key, 'boxes': f'{key}_boxes', 'mask': f'{key}_mask',
+             'points': f'{key}_points', 'points_mask': f'{key}_points_mask'}
+    return {k: batch[v].to(device, non_blocking=True) for k, v in names.items() if v in batch}
+
+
+def modality(key):
+    return 'sketch' if key == 'sketch' else 'photo'
+
+
+def pair_distance(s, p):
+    """Squared Euclidean distance of pair embeddings: [P, D], [P, D] -> [P]. The one distance that
+    training (triplet loss) and evaluation (ranking) use."""
+    return (s - p).pow(2).sum(1)
+
+
+# ----------------------------------------------------------------------------- the interface
+class RetrievalModel(nn.Module):
+    """What training and evaluation call; subclasses implement `encode` and `distances`.
+
+    needs_points: the data layer must give vector sketches ('points'); pairwise: the distance of a
+    pair depends on both items (the head must run per pair) rather than on two embeddings.
     """
-    if name not in BACKBONES:
-        raise ValueError(f'unknown backbone {name!r}; expected one of {sorted(BACKBONES)}')
-    net = _load_torchvision(name, pretrained)
-    if name == 'vgg16':
-        return net.features, 512
-    if name == 'inception_v3':
-        parts = ['Conv2d_1a_3x3', 'Conv2d_2a_3x3', 'Conv2d_2b_3x3', 'maxpool1', 'Conv2d_3b_1x1',
-                 'Conv2d_4a_3x3', 'maxpool2', 'Mixed_5b', 'Mixed_5c', 'Mixed_5d', 'Mixed_6a',
-                 'Mixed_6b', 'Mixed_6c', 'Mixed_6d', 'Mixed_6e', 'Mixed_7a', 'Mixed_7b', 'Mixed_7c']
-        return nn.Sequential(*[getattr(net, p) for p in parts]), 2048
-    return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3), 256
+    needs_points = False
+    pairwise = True
+
+    def encode(self, parts):
+        """parts: list of (modality 'sketch' | 'photo', inputs dict of batch_inputs).
+        Returns one features dict per part."""
+        raise NotImplementedError
+
+    def distances(self, s, p, qi, gi):
+        """s, p: features of sketches and photos; qi, gi: long [P] row indices.
+        Returns [P], the squared distance of each pair (s[qi[k]], p[gi[k]])."""
+        raise NotImplementedError
+
+    def first_stage(self, features):
+        """A pair-independent embedding [B, E] for the first stage of two-stage retrieval, or None."""
+        return None
+
+    def auxiliary_distances(self, s, p, qi, gi):
+        """Extra distances [P] that training adds to the loss (e.g. a first-stage branch)."""
+        return []
+
+    def forward(self, parts, qi, gi):
+        """The training path: encode parts (the first the sketches, the others photos, stacked in
+        order) and score the pairs. Returns [distances [P], *auxiliary_distances]."""
+        s, *photos = self.encode(parts)
+        p = concat(photos) if len(photos) > 1 else photos[0]
+        return [self.distances(s, p, qi, gi), *self.auxiliary_distances(s, p, qi, gi)]
+
+    @torch.no_grad()
+    def distance_matrix(self, s, p, chunk=2048, rows=None, cols=None, progress=False):
+        """[Q, G] distances of every sketch with every photo (or of the given rows [Q, M] of photo
+        indices per query: returns [Q, M]), pairs scored `chunk` at a time."""
+        q = len(next(iter(s.values())))
+        if cols is None:
+            g = len(next(iter(p.values())))
+            cols = torch.arange(g, device=_device(p)).expand(q, g)
+        qi = torch.arange(q, device=cols.device)[:, None].expand_as(cols).reshape(-1)
+        gi = cols.reshape(-1)
+        out = torch.empty(len(qi), device=cols.device)
+        for start in tqdm(range(0, len(qi), chunk), desc='pairs', leave=False, dynamic_ncols=True,
+                          disable=not progress):
+            a, b = qi[start:start + chunk], gi[start:start + chunk]
+            out[start:start + chunk] = self.distances(s, p, a, b).float()
+        return out.view(cols.shape)
 
 
+def _device(features):
+    return next(iter(features.values())).device
+
+
+class PairIndependentModel(RetrievalModel):
+    """A method whose sketch and photo embeddings do not depend on each other (the Siamese family):
+    distances come from two embeddings, and a whole gallery is one matrix product."""
+    pairwise = False
+
+    def distances(self, s, p, qi, gi):
+        return pair_distance(s['embedding'][qi], p['embedding'][gi])
+
+    def first_stage(self, features):
+        return features['embedding']
+
+    @torch.no_grad()
+    def distance_matrix(self, s, p, chunk=None, rows=None, cols=None, progress=False):
+        d = torch.cdist(s['embedding'].float(), p['embedding'].float()).pow(2)
+        return d if cols is None else d.gather(1, cols)
+
+
+# ----------------------------------------------------------------------------- region features
 class RegionEncoder(nn.Module):
     """One D-dim vector per box: backbone map, RoIAlign roi_size x roi_size (sampling ratio 2;
     the paper: 7), global max-pool, a linear projection when the backbone's channels differ from
-    D, and optionally (node_norm 'l2') unit length per node."""
+    D, and optionally (node_norm 'l2') unit length per node. Also the whole map's max-pool, for
+    a pair-independent first stage."""
 
     def __init__(self, backbone, channels, dim=512, roi_size=7, node_norm='none'):
         super().__init__()
         self.backbone = backbone
+        self.channels = channels
         self.proj = nn.Linear(channels, dim) if channels != dim else nn.Identity()
         self.roi_size = roi_size
         self.node_norm = node_norm
 
-    def forward(self, images, boxes, mask):
+    def forward(self, images, boxes, mask, pooled=False):
         """images: [B, 3, H, W]; boxes: [B, N, 4] x1, y1, x2, y2 in the pixels of `images`;
-        mask: bool [B, N] real boxes. Returns nodes [B, N, D], zero where mask is False."""
+        mask: bool [B, N] real boxes. Returns nodes [B, N, D], zero where mask is False, and with
+        pooled also the map's global max-pool [B, C]."""
         fmap = self.backbone(images)
         # The scale of the actual tensors (e.g. 7/224 for VGG-16), not a nominal stride.
         scale = fmap.shape[-1] / images.shape[-1]
         b, n = mask.shape
         batch_idx = torch.arange(b, device=images.device, dtype=boxes.dtype)[:, None].expand(b, n)
         rois = torch.cat([batch_idx[mask][:, None], boxes[mask]], dim=1)             # [M, 5]
-        pooled = roi_align(fmap, rois.to(fmap.dtype), self.roi_size, spatial_scale=scale,
-                           sampling_ratio=2, aligned=True)                          # [M, C, r, r]
-        feats = self.proj(pooled.amax(dim=(2, 3)))                                   # [M, D]
+        pooled_rois = roi_align(fmap, rois.to(fmap.dtype), self.roi_size, spatial_scale=scale,
+                                sampling_ratio=2, aligned=True)                     # [M, C, r, r]
+        feats = self.proj(pooled_rois.amax(dim=(2, 3)))                              # [M, D]
         if self.node_norm == 'l2':
             feats = nn.functional.normalize(feats, dim=1)
         out = feats.new_zeros(b, n, feats.shape[1])
         out[mask] = feats
-        return out
+        return (out, fmap.amax(dim=(2, 3))) if pooled else out
 
 
+def region_encoders(args):
+    """(sketch encoder, photo encoder) of the options: one shared module unless separate_backbones."""
+    def encoder():
+        return RegionEncoder(*build_backbone(args.backbone, args.pretrained, args.feature_layer),
+                             dim=args.dim, roi_size=args.roi_size, node_norm=args.node_norm)
+    sketch = encoder()
+    return sketch, (encoder() if args.separate_backbones else sketch)
+
+
+# ----------------------------------------------------------------------------- the head
 class PairHead(nn.Module):
-    """The loop of SPEC section 5 for a batch of (sketch, photo) pairs with different node counts.
+    """The loop of the paper (docs/method.md, section 5) for a batch of (sketch, photo) pairs with different node
+    counts (docs/method.md, 'The loop').
 
     While either side of a pair has more than one node: co-attention on the pair, then one fusion
     level in each side that still has more than one node; max(Ns, Np) - 1 rounds in all. The last
@@ -138,7 +221,7 @@ class PairHead(nn.Module):
         Returns (s_out [B, D], p_out [B, D]) and, with return_rounds, rounds: long [B]."""
         if self.sketch_fusion is None:
             s, p = self.coattention(s, s_mask, p, p_mask)
-            out = (_masked_max(s, s_mask), _masked_max(p, p_mask))
+            out = (masked_max(s, s_mask), masked_max(p, p_mask))
             out = tuple(nn.functional.normalize(x, dim=1) for x in out)
             rounds = torch.ones(len(s), dtype=torch.long, device=s.device)
         else:
@@ -190,7 +273,7 @@ def _fuse_where_needed(fusion, x, mask, noise):
     return x.index_copy(0, idx, y), mask.index_copy(0, idx, y_mask)
 
 
-def _masked_max(x, mask):
+def masked_max(x, mask):
     """x: [B, N, D], mask: bool [B, N] -> [B, D] max over the real nodes."""
     return x.masked_fill(~mask[..., None], float('-inf')).amax(dim=1)
 
@@ -200,19 +283,20 @@ VARIANTS = {
     'paper': dict(gate='learned', compatibility='projected', relu=True, shared_merge=False),
     'released': dict(gate='product', compatibility='dot', relu=False, shared_merge=True),
 }
+HEAD_METHODS = ('hierarchy', 'localised_coattn', 'no_coattn')
 
 
 def build_head(variant='paper', dim=512, att_dim=128, method='hierarchy', init='identity'):
     """The pairwise head. variant: 'paper' or 'released' (the authors' pre-Sep-2020 code);
     method: 'hierarchy' (proposed), 'localised_coattn' (w/o Hierarchy), 'no_coattn';
     init: 'identity' (merges start as means, co-attention updates start small; ours, the paper
-    does not say) or 'default' (PyTorch's, as the authors' code)."""
+    does not say) or 'pytorch' (PyTorch's, as the authors' code)."""
     if variant not in VARIANTS:
         raise ValueError(f'unknown variant {variant!r}; expected one of {sorted(VARIANTS)}')
     v = VARIANTS[variant]
-    if method == 'localised_coattn':   # SPEC section 9: one round with the learned gate
+    if method == 'localised_coattn':   # one round with the learned gate (paper, Table 1)
         return PairHead(CoAttention(dim, att_dim, 'learned', init), None, None)
-    if method not in ('hierarchy', 'no_coattn'):
+    if method not in HEAD_METHODS:
         raise ValueError(f'unknown method {method!r}')
     coattention = None if method == 'no_coattn' else CoAttention(dim, att_dim, v['gate'], init)
     merge_s = merge_layer(dim, v['relu'], init)
@@ -222,48 +306,56 @@ def build_head(variant='paper', dim=512, att_dim=128, method='hierarchy', init='
                     NodeFusion(merge_p, dim, v['compatibility'], att_dim))
 
 
-class CrossModalHierarchy(nn.Module):
-    """Sketch and photo region encoders (one shared module or two) and the pairwise head."""
+# ----------------------------------------------------------------------------- the model
+class CrossModalHierarchy(RetrievalModel):
+    """Sketch and photo region encoders (one shared module or two), a pairwise head, and
+    optionally a pair-independent first-stage branch (global max-pool, linear, L2) trained
+    beside it for two-stage retrieval.
 
-    def __init__(self, sketch_encoder, photo_encoder, head):
+    Features: {'nodes': [B, N, D], 'mask': bool [B, N]} (+ 'global': [B, E] with the branch)."""
+
+    def __init__(self, sketch_encoder, photo_encoder, head, first_stage_dim=0):
         super().__init__()
         self.sketch_encoder = sketch_encoder
         self.photo_encoder = photo_encoder
         self.head = head
+        self.first_stage_proj = nn.Linear(sketch_encoder.channels, first_stage_dim) if first_stage_dim else None
 
-    def forward(self, sketch, sketch_boxes, sketch_mask, photo, photo_boxes, photo_mask):
-        """sketch, photo: [B, 3, H, W]; *_boxes: [B, N, 4]; *_mask: bool [B, N].
-        Returns the pair embeddings (s [B, D], p [B, D])."""
-        s = self.sketch_encoder(sketch, sketch_boxes, sketch_mask)
-        p = self.photo_encoder(photo, photo_boxes, photo_mask)
-        return self.head(s, sketch_mask, p, photo_mask)
+    @classmethod
+    def from_options(cls, args):
+        head = build_head(args.variant, args.dim, args.att_dim, args.method, args.head_init)
+        return cls(*region_encoders(args), head, args.first_stage_dim)
 
+    def encode(self, parts):
+        """With one shared encoder every part goes through it in ONE call, so batch norm
+        normalises sketches and photos with the same mixed statistics that its running averages
+        (used at evaluation) hold; with two, each modality's parts go through its own in one call."""
+        if self.sketch_encoder is self.photo_encoder:
+            groups = {'shared': list(range(len(parts)))}
+        else:
+            groups = {m: [i for i, (mod, _) in enumerate(parts) if mod == m] for m in ('sketch', 'photo')}
+        out = [None] * len(parts)
+        for name, idx in groups.items():
+            if not idx:
+                continue
+            encoder = self.photo_encoder if name == 'photo' else self.sketch_encoder
+            inputs = concat([{k: parts[i][1][k] for k in ('image', 'boxes', 'mask')} for i in idx])
+            nodes, pooled = encoder(inputs['image'], inputs['boxes'], inputs['mask'], pooled=True)
+            f = {'nodes': nodes, 'mask': inputs['mask']}
+            if self.first_stage_proj is not None:
+                f['global'] = nn.functional.normalize(self.first_stage_proj(pooled), dim=1)
+            for i, part in zip(idx, split(f, [len(parts[i][1]['image']) for i in idx])):
+                out[i] = part
+        return out
 
-def build_model(args):
-    """The model an options Namespace describes (see options.py)."""
-    def encoder():
-        return RegionEncoder(*build_backbone(args.backbone, args.pretrained), dim=args.dim,
-                             roi_size=args.roi_size, node_norm=args.node_norm)
-    sketch_encoder = encoder()
-    photo_encoder = encoder() if args.separate_backbones else sketch_encoder
-    head = build_head(args.variant, args.dim, args.att_dim, args.method, args.head_init)
-    return CrossModalHierarchy(sketch_encoder, photo_encoder, head)
+    def distances(self, s, p, qi, gi):
+        s_out, p_out = self.head(s['nodes'][qi], s['mask'][qi], p['nodes'][gi], p['mask'][gi])
+        return pair_distance(s_out, p_out)
 
+    def first_stage(self, features):
+        return features.get('global')
 
-def pair_distance(s, p):
-    """Squared Euclidean distance of pair embeddings: [B, D], [B, D] -> [B]."""
-    return (s - p).pow(2).sum(1)
-
-
-def triplet_loss(d_pos, d_neg, margin=0.2):
-    """mean max(0, margin + D(S+, P+) - D(S-, P-)) over triplets (SPEC section 6); d_pos, d_neg:
-    [T] pair distances (pair_distance) of each triplet's positive and negative pair."""
-    return torch.relu(margin + d_pos - d_neg).mean()
-
-
-def save_checkpoint(path, **state):
-    """torch.save to a temporary file, then rename: an interrupted write never leaves a torn file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + '.tmp')
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    def auxiliary_distances(self, s, p, qi, gi):
+        if self.first_stage_proj is None:
+            return []
+        return [pair_distance(s['global'][qi], p['global'][gi])]

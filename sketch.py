@@ -6,7 +6,7 @@ x1 <= i < x2, y1 <= j < y2. So the whole W x H image is [0, 0, W, H] (as in the 
 pickles) and a resize by a factor f is an exact multiplication by f.
 
 Vector sketches (QMUL layout, Folder `.npy`): float array (L, 3) = x, y, pen on a 256 x 256 canvas,
-pen = 1 on the LAST point of each stroke. One node per stroke (SPEC section 1, no whole-sketch box).
+pen = 1 on the LAST point of each stroke. One node per stroke (docs/method.md, section 2; no whole-sketch box).
 
 Raster sketches (SWIRE, Folder images): nodes are the connected components of the ink, nearby
 blobs merged (see `group_boxes`), plus the whole-image box first.
@@ -22,6 +22,8 @@ Coarse sketches (`--sketch_detail`, the paper's Sketch-coarse / coarse++ study):
 
 Errors are `SketchError`; dataset.py adds the file name and turns them into DatasetError.
 """
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
@@ -38,6 +40,27 @@ INK_THRESHOLD = 128
 
 class SketchError(ValueError):
     """A sketch that cannot be used (no ink, one point, bad array, far off the canvas)."""
+
+
+@dataclass(frozen=True)
+class SketchStyle:
+    """How sketches become images and nodes, built once from the options and passed down.
+
+    detail: 'full' | 'coarse' | 'coarse++' (the coarse-sketch study); line_width: stroke width of
+    vector sketches on the 256 canvas; merge_gap, max_nodes: ink grouping of raster sketches.
+    """
+    detail: str = 'full'
+    line_width: int = 3
+    merge_gap: float = 0.01
+    max_nodes: int = 16
+
+    def vector(self, points):
+        """Cleaned (L, 3) points -> (PIL RGB image, boxes float32 (n_strokes_kept, 4))."""
+        return render_vector(points, self.detail, self.line_width)
+
+    def raster(self, img):
+        """Raster sketch -> (PIL RGB dark ink on white, boxes float32 (n, 4), info); see raster_nodes."""
+        return raster_nodes(img, self.detail, self.merge_gap, self.max_nodes)
 
 
 # ----------------------------------------------------------------------------- vector sketches
@@ -107,6 +130,15 @@ def keep_count(amounts, detail):
 def select_strokes(strokes, detail='full'):
     """Drop fine detail: keep the first strokes holding 100/70/50 % of the ink length."""
     return strokes[:keep_count(stroke_lengths(strokes), detail)]
+
+
+def select_points(points, detail='full'):
+    """(L, 3) x, y, pen -> the points of the strokes kept at `detail` (select_strokes), same format."""
+    p = np.asarray(points, dtype=np.float64)
+    ends = np.flatnonzero(p[:, 2] == 1) + 1
+    parts = [s for s in np.split(p, ends) if len(s)]
+    kept = keep_count(stroke_lengths([s[:, :2] for s in parts]), detail)
+    return np.concatenate(parts[:kept])
 
 
 def draw_stroke(draw, stroke, line_width):

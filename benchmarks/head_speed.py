@@ -2,8 +2,7 @@
 
     python benchmarks/head_speed.py [--nodes 16] [--dim 512] [--pairs 2048] [--variant paper]
 
-Prints figures only; nothing is asserted. SPEC section 10 quotes about 65 ms per pair at 16 x 16
-nodes for a straightforward per-pair loop on a 2-core CPU.
+Prints figures only; nothing is asserted.
 """
 import argparse
 import sys

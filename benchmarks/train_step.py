@@ -1,9 +1,10 @@
 """Seconds per training step and where they go, for the set-up that main.py's options describe.
 
-    python benchmarks/train_step.py [any main.py option, e.g. --roi_size 7 --batch_size 16]
+    python benchmarks/train_step.py [any main.py option, e.g. --dataset ChairV2 --data_root DATA]
 
-Times `main.train_step` on real batches of the chosen dataset (the embedded one by default),
-then profiles one step with torch.profiler and prints its most expensive operators.
+Loads real batches of the chosen dataset (the embedded one by default) through the training
+DataLoader - the first pass fills the image cache, a second pass shows the cached data time -
+then times `train.train_step` on them and profiles one step (torch.profiler, top operators).
 Prints figures only; nothing is asserted.
 """
 import sys
@@ -14,23 +15,40 @@ import torch
 from torch.profiler import profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import main  # noqa: E402
 import options  # noqa: E402
+import runtime  # noqa: E402
+import train  # noqa: E402
 from dataset import build_datasets, collate  # noqa: E402
-from evaluate import resolve_device  # noqa: E402
-from model import build_model  # noqa: E402
+from losses import TripletLoss  # noqa: E402
+from methods import METHODS, build_model  # noqa: E402
+
+
+def load_batches(train_set, args, steps):
+    """(batches, seconds per batch) of `steps` batches through the training DataLoader."""
+    sampler = train.EpochSampler(len(train_set), args.batch_size, args.seed)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
+                                         collate_fn=collate, num_workers=args.workers, drop_last=True)
+    start, batches = time.perf_counter(), []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) == steps:
+            break
+    return batches, (time.perf_counter() - start) / len(batches)
 
 
 def run(argv, steps=4):
-    args = options.parse_args(argv)
-    device = resolve_device(args.device)
-    main.seed_everything(args.seed)
-    train_set, _ = build_datasets(args)
-    b = args.batch_size
-    batches = [collate([train_set[i] for i in range(k * b, (k + 1) * b)]) for k in range(steps + 1)]
+    args = options.parse_args('main', argv)
+    device = runtime.resolve_device(args.device)
+    runtime.seed_everything(args.seed)
+    train_set, _ = build_datasets(options.data_config(args, METHODS[args.method].cls.needs_points))
+    batches, cold = load_batches(train_set, args, steps + 1)
+    _, warm = load_batches(train_set, args, steps + 1)
     model = build_model(args).to(device).train()
+    loss_fn = TripletLoss.from_options(args)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    step = lambda batch: main.train_step(model, batch, optimizer, args.margin, device, args.negatives)
+
+    def step(batch):
+        return train.train_step(model, loss_fn, batch, optimizer, device, args.aux_weight, args.amp)
     step(batches[0])                                    # warm-up: allocations, oneDNN kernels
     start = time.perf_counter()
     for batch in batches[1:]:
@@ -38,9 +56,11 @@ def run(argv, steps=4):
     if device.type == 'cuda':
         torch.cuda.synchronize()
     per_step = (time.perf_counter() - start) / steps
-    print(f'{args.backbone}, {args.image_size} px, RoIAlign {args.roi_size}x{args.roi_size}, batch {b}, '
-          f'{args.negatives} negatives, {torch.get_num_threads()} threads on {device}: '
-          f'{per_step:.3f} s per step ({b / per_step:.1f} triplets/s)')
+    print(f'{args.method}, {args.backbone} ({args.feature_layer}), {args.image_size} px, RoIAlign '
+          f'{args.roi_size}x{args.roi_size}, batch {args.batch_size}, {args.negatives} negatives, '
+          f'{torch.get_num_threads()} threads on {device}, {args.workers} workers:')
+    print(f'  data   {cold:.3f} s per batch (first pass, cache filling), {warm:.3f} s (cached)')
+    print(f'  compute {per_step:.3f} s per step ({args.batch_size / per_step:.1f} triplets/s)')
     with profile() as prof:
         step(batches[1])
     print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=8))

@@ -1,4 +1,4 @@
-"""Tiny on-disk datasets (QMUL, SWIRE, Folder layouts) written into tmp_path, and an args helper."""
+"""Tiny on-disk datasets (QMUL, SWIRE, Folder layouts) written into tmp_path, and a config helper."""
 import json
 import pickle
 
@@ -6,17 +6,19 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-import dataset
+import layouts
 import options
+import proposals
 
 
-def make_args(dataset_name='ChairV2', data_root='data', *extra, **kw):
-    """options.parse_args with small, fast settings; keyword args override attributes."""
-    args = options.parse_args(['--dataset', dataset_name, '--data_root', str(data_root),
-                               '--image_size', '32', *extra])
+def make_config(dataset_name='ChairV2', data_root='data', *extra, **kw):
+    """The data layer's DataConfig from main.py's options with small, fast settings; keyword
+    args override option values."""
+    args = options.parse_args('main', ['--dataset', dataset_name, '--data_root', str(data_root),
+                                       '--image_size', '32', *extra])
     for k, v in kw.items():
         setattr(args, k, v)
-    return args
+    return options.data_config(args)
 
 
 def vector_sketch(shift=0):
@@ -59,7 +61,7 @@ def write_qmul(root, name='ChairV2', boxes=True):
     with open(folder / f'{name}_Coordinate', 'wb') as f:
         pickle.dump(coords, f)
     if boxes:
-        with open(root / dataset.BOX_PICKLE.format(name), 'wb') as f:
+        with open(root / layouts.BOX_PICKLE.format(name), 'wb') as f:
             pickle.dump(table, f)
     return root
 
@@ -86,10 +88,10 @@ def gui_sketch(size=(90, 160)):
 
 
 def swire_ids():
-    """3 train ids and 1 test id under dataset.swire_split (deterministic)."""
+    """3 train ids and 1 test id under layouts.swire_split (deterministic)."""
     ids = [f'{i}' for i in range(200)]
-    train = [r for r in ids if dataset.swire_split(r) == 'train'][:3]
-    test = [r for r in ids if dataset.swire_split(r) == 'test'][:1]
+    train = [r for r in ids if layouts.swire_split(r) == 'train'][:3]
+    test = [r for r in ids if layouts.swire_split(r) == 'test'][:1]
     return train + test
 
 
@@ -129,16 +131,20 @@ def write_folder(root, boxes=True):
     rows = ['sketch,photo,split']
     for i, (sk, split) in enumerate([('dark.png', 'train'), ('light.png', 'train'),
                                      ('alpha.png', 'test'), ('vec.npy', 'train')]):
-        ph = f'photos/p{min(i, 2)}.png'
+        ph = f'photos/p{i % 3}.png'     # the test photo p2 is in no training row
         if not (root / ph).exists():
             photo_image((64, 64), (200, 60 * i, 50)).save(root / ph)
         rows.append(f'sketches/{sk},{ph},{split}')
     (root / 'pairs.csv').write_text('\n'.join(rows) + '\n')
     if boxes:
-        table = {f'photos/p{i}.png': photo_boxes((64, 64)) for i in range(3)}
-        with open(root / dataset.BOX_PICKLE.format('Folder'), 'wb') as f:
-            pickle.dump(table, f)
+        write_box_cache(root, {f'photos/p{i}.png': photo_boxes((64, 64)) for i in range(3)})
     return root
+
+
+def write_box_cache(root, table):
+    """The Folder layout's box cache (proposals.BoxCache) with these boxes, valid for the photos now."""
+    photos = {name: {**proposals.BoxCache.stamp(root / name), 'boxes': boxes} for name, boxes in table.items()}
+    (root / layouts.FOLDER_BOX_CACHE).write_text(json.dumps({'version': proposals.BoxCache.VERSION, 'photos': photos}))
 
 
 @pytest.fixture

@@ -9,8 +9,11 @@ import torch
 from PIL import Image, ImageDraw
 
 import dataset
-from conftest import make_args, photo_image, vector_sketch, write_qmul
-from dataset import DatasetError
+import layouts
+import proposals
+import transforms
+from conftest import make_config, photo_image, vector_sketch, write_box_cache, write_qmul
+from files import DatasetError
 
 
 # ----------------------------------------------------------------------------- joint transforms
@@ -22,10 +25,9 @@ def rect_image(size, rect):
 
 
 def ink_box(x):
-    """Bounding box [x1, y1, x2, y2) of the dark pixels of a PIL image or a normalised tensor."""
+    """Bounding box [x1, y1, x2, y2) of the dark pixels of a PIL image or an image tensor in [0, 1]."""
     if torch.is_tensor(x):
-        a = x[0] * dataset.IMAGENET_STD[0] + dataset.IMAGENET_MEAN[0]
-        dark = (a < 0.5).numpy()
+        dark = (x[0] < 0.5).numpy()
     else:
         dark = np.asarray(x.convert('L')) < 128
     ys, xs = np.nonzero(dark)
@@ -36,21 +38,21 @@ def ink_box(x):
                                            ((64, 64), [0, 0, 20, 64], 137)])
 def test_joint_resize_non_square(size, rect, out):
     img, boxes = rect_image(size, rect)
-    img2, boxes2 = dataset.joint_resize(img, boxes, out)
+    img2, boxes2 = transforms.joint_resize(img, boxes, out)
     assert img2.size == (out, out)
     np.testing.assert_allclose(ink_box(img2), boxes2[0], atol=1)
 
 
 def test_joint_center_crop_and_flip_exact():
     img, boxes = rect_image((70, 60), [15, 10, 50, 30])
-    crop, cb = dataset.joint_center_crop(img, boxes, 50)   # offsets 10, 5
+    crop, cb = transforms.joint_center_crop(img, boxes, 50)   # offsets 10, 5
     assert crop.size == (50, 50) and cb.tolist() == [[5, 5, 40, 25]]
     np.testing.assert_array_equal(ink_box(crop), cb[0])
-    flip, fb = dataset.joint_hflip(crop, cb)
+    flip, fb = transforms.joint_hflip(crop, cb)
     assert fb.tolist() == [[10, 5, 45, 25]]
     np.testing.assert_array_equal(ink_box(flip), fb[0])
     img, boxes = rect_image((30, 20), [0, 0, 7, 20])
-    flip, fb = dataset.joint_hflip(img, boxes)
+    flip, fb = transforms.joint_hflip(img, boxes)
     assert fb.tolist() == [[23, 0, 30, 20]]
     np.testing.assert_array_equal(ink_box(flip), fb[0])
 
@@ -58,7 +60,7 @@ def test_joint_center_crop_and_flip_exact():
 def test_center_crop_clamps_boxes_and_keeps_a_1px_box():
     img = Image.new('RGB', (100, 100), 'white')
     boxes = np.array([[0, 0, 100, 100], [2, 40, 30, 60], [0, 0, 8, 8], [95, 95, 100, 100]], np.float32)
-    _, b = dataset.joint_center_crop(img, boxes, 80)   # offset 10
+    _, b = transforms.joint_center_crop(img, boxes, 80)   # offset 10
     assert b.tolist() == [[0, 0, 80, 80], [0, 30, 20, 50], [0, 0, 1, 1], [79, 79, 80, 80]]
 
 
@@ -67,11 +69,11 @@ def test_center_crop_clamps_boxes_and_keeps_a_1px_box():
 def test_train_and_test_transforms_keep_boxes_on_the_rectangle(size, flip):
     W, H = size
     img, boxes = rect_image(size, [W // 5, H // 4, W // 2, 3 * H // 4])
-    x, b = dataset.train_transform(img, boxes, 64, flip)
+    x, b = transforms.train_transform(img, boxes, 64, flip)
     assert x.shape == (3, 64, 64) and b.shape == (1, 4)
     np.testing.assert_allclose(ink_box(x), b[0].numpy(), atol=1)
     assert (b[0, 0] + b[0, 2] > 64) == bool(flip)   # the rectangle is on the left unless flipped
-    x, b = dataset.test_transform(img, boxes, 48)
+    x, b = transforms.test_transform(img, boxes, 48)
     assert x.shape == (3, 48, 48)
     np.testing.assert_allclose(ink_box(x), b[0].numpy(), atol=1)
 
@@ -95,7 +97,7 @@ def boxes_inside(boxes, size):
 
 
 def test_qmul_loader(qmul_root):
-    train, test = dataset.build_datasets(make_args('ChairV2', qmul_root))
+    train, test = dataset.build_datasets(make_config('ChairV2', qmul_root))
     assert len(train) == 6 and len(set(train.photo_names)) == 3
     assert len(test.queries) == 4 and test.gallery_names == ['test_x.png', 'ty.png']
     assert set(train.photo_names) == {'chair_a.png', 'chair_b.png', 'c3.png'}   # after the last '_' rule
@@ -116,9 +118,9 @@ def test_qmul_loader(qmul_root):
 def test_triplet_is_flipped_as_a_whole(qmul_root):
     refs = {}
     for p in (0.0, 1.0):
-        train, _ = dataset.build_datasets(make_args('ChairV2', qmul_root, '--flip_prob', str(p)))
+        train, _ = dataset.build_datasets(make_config('ChairV2', qmul_root, '--flip_prob', str(p)))
         refs[p] = [(train[i]['sketch'], train[i]['positive']) for i in range(len(train))]
-    train, _ = dataset.build_datasets(make_args('ChairV2', qmul_root, '--flip_prob', '0.5'))
+    train, _ = dataset.build_datasets(make_config('ChairV2', qmul_root, '--flip_prob', '0.5'))
     torch.manual_seed(0)
     seen = set()
     for _ in range(6):
@@ -132,7 +134,7 @@ def test_triplet_is_flipped_as_a_whole(qmul_root):
 
 
 def test_triplet_negative_is_never_the_positive_photo(qmul_root):
-    train, _ = dataset.build_datasets(make_args('ChairV2', qmul_root))
+    train, _ = dataset.build_datasets(make_config('ChairV2', qmul_root))
     torch.manual_seed(0)
     seen = set()
     for i in [0, 1, 2, 3, 4, 5] * 30:
@@ -143,16 +145,16 @@ def test_triplet_negative_is_never_the_positive_photo(qmul_root):
 
 
 def test_num_regions_and_sketch_detail(qmul_root):
-    train, test = dataset.build_datasets(make_args('ChairV2', qmul_root, num_regions=2, sketch_detail='coarse++'))
+    train, test = dataset.build_datasets(make_config('ChairV2', qmul_root, num_regions=2, sketch_detail='coarse++'))
     assert train[0]['positive_boxes'].shape == (2, 4)
     assert train[0]['sketch_boxes'].shape == (1, 4)
     assert test.queries[0]['sketch_boxes'].shape == (1, 4)
 
 
 def test_summary_counts_and_fewer_boxes(qmul_root, capsys):
-    table = pickle.loads((qmul_root / dataset.BOX_PICKLE.format('ChairV2')).read_bytes())
+    table = pickle.loads((qmul_root / layouts.BOX_PICKLE.format('ChairV2')).read_bytes())
     table['c3.png'] = table['c3.png'][:1] + [[-5, 10, 30, 40], [5, 5, 5, 40]]  # clamp + zero area
-    (qmul_root / dataset.BOX_PICKLE.format('ChairV2')).write_bytes(pickle.dumps(table))
+    (qmul_root / layouts.BOX_PICKLE.format('ChairV2')).write_bytes(pickle.dumps(table))
     assert dataset.main(['--dataset', 'ChairV2', '--data_root', str(qmul_root), '--summary']) == 0
     out = capsys.readouterr().out
     assert 'train: 6 sketches / 3 photos' in out and 'test:  4 sketches / 2 photos' in out
@@ -166,7 +168,7 @@ def test_slightly_off_canvas_sketch_is_clamped_and_reported(qmul_root):
     data = pickle.loads(path.read_bytes())
     data['/train/c3_1'][0, :2] = [-4, 258]
     path.write_bytes(pickle.dumps(data))
-    args = make_args('ChairV2', qmul_root)
+    args = make_config('ChairV2', qmul_root)
     index = dataset.load_index(args)
     assert index.repairs['vector sketch coordinates clamped to the canvas'] == 1
     assert 'clamped to the canvas: 1' in dataset.format_summary(index, args)
@@ -174,8 +176,8 @@ def test_slightly_off_canvas_sketch_is_clamped_and_reported(qmul_root):
 
 def test_missing_box_pickle_runs_selective_search_and_caches(tmp_path):
     root = write_qmul(tmp_path, boxes=False)
-    index = dataset.load_index(make_args('ChairV2', root))
-    cache = root / dataset.BOX_PICKLE.format('ChairV2')
+    index = dataset.load_index(make_config('ChairV2', root))
+    cache = root / layouts.BOX_PICKLE.format('ChairV2')
     table = pickle.loads(cache.read_bytes())
     assert set(table) == {f'{p}.png' for p in ('chair_a', 'chair_b', 'c3', 'test_x', 'ty')}
     for name, boxes in table.items():
@@ -185,7 +187,7 @@ def test_missing_box_pickle_runs_selective_search_and_caches(tmp_path):
         assert all(b[2] - b[0] >= 10 and b[3] - b[1] >= 10 and 0 <= b[0] and b[2] <= W and b[3] <= H for b in boxes)
     assert any('selective-search' in n for n in index.notes)
     mtime = cache.stat().st_mtime_ns
-    dataset.load_index(make_args('ChairV2', root))   # second run reads the cache
+    dataset.load_index(make_config('ChairV2', root))   # second run reads the cache
     assert cache.stat().st_mtime_ns == mtime
 
 
@@ -194,10 +196,10 @@ def test_precompute_boxes_cli(tmp_path, capsys):
     photo_image((64, 48), (200, 30, 30)).save(tmp_path / 'ph' / 'a.png')
     photo_image((50, 50), (30, 200, 30)).save(tmp_path / 'ph' / 'sub' / 'b.jpg')
     out = tmp_path / 'boxes.pickle'
-    assert dataset.main(['--precompute_boxes', str(tmp_path / 'ph'), '--boxes_out', str(out)]) == 0
+    assert proposals.main([str(tmp_path / 'ph'), str(out)]) == 0
     table = pickle.loads(out.read_bytes())
     assert set(table) == {'a.png', 'sub/b.jpg'} and table['a.png'][0] == [0, 0, 64, 48]
-    assert dataset.selective_search(Image.open(tmp_path / 'ph' / 'a.png')) == table['a.png']  # deterministic
+    assert proposals.selective_search(Image.open(tmp_path / 'ph' / 'a.png')) == table['a.png']  # deterministic
 
 
 # ----------------------------------------------------------------------------- errors, one each
@@ -216,44 +218,44 @@ def expect_error(args, *fragments):
 
 def test_error_missing_photo(qmul_root):
     (qmul_root / 'ChairV2' / 'photo' / 'c3.png').unlink()
-    expect_error(make_args('ChairV2', qmul_root), 'c3.png', 'missing photo')
+    expect_error(make_config('ChairV2', qmul_root), 'c3.png', 'missing photo')
 
 
 def test_error_missing_boxes(qmul_root):
-    edit_pickle(qmul_root / dataset.BOX_PICKLE.format('ChairV2'), lambda d: d.pop('ty.png'))
-    expect_error(make_args('ChairV2', qmul_root), dataset.BOX_PICKLE.format('ChairV2'), "'ty.png'")
+    edit_pickle(qmul_root / layouts.BOX_PICKLE.format('ChairV2'), lambda d: d.pop('ty.png'))
+    expect_error(make_config('ChairV2', qmul_root), layouts.BOX_PICKLE.format('ChairV2'), "'ty.png'")
 
 
 @pytest.mark.parametrize('bad', [[], [[1, 2, 3]], [[5, 5, 5, 9], [70, 70, 90, 90]], 'nonsense'])
 def test_error_degenerate_boxes(qmul_root, bad):
-    edit_pickle(qmul_root / dataset.BOX_PICKLE.format('ChairV2'), lambda d: d.update({'ty.png': bad}))
-    expect_error(make_args('ChairV2', qmul_root), dataset.BOX_PICKLE.format('ChairV2'), "'ty.png'")
+    edit_pickle(qmul_root / layouts.BOX_PICKLE.format('ChairV2'), lambda d: d.update({'ty.png': bad}))
+    expect_error(make_config('ChairV2', qmul_root), layouts.BOX_PICKLE.format('ChairV2'), "'ty.png'")
 
 
 @pytest.mark.parametrize('points,problem', [(np.zeros((0, 3)), 'empty'), (np.array([[5.0, 5, 1]]), 'one point'),
                                             (np.array([[5.0, 5, 0], [900, 5, 1]]), 'off the 256 canvas')])
 def test_error_bad_vector_sketch(qmul_root, points, problem):
     edit_pickle(qmul_root / 'ChairV2' / 'ChairV2_Coordinate', lambda d: d.update({'/train/c3_1': points}))
-    expect_error(make_args('ChairV2', qmul_root), 'ChairV2_Coordinate', '/train/c3_1', problem)
+    expect_error(make_config('ChairV2', qmul_root), 'ChairV2_Coordinate', '/train/c3_1', problem)
 
 
 def test_error_corrupt_photo(qmul_root):
     (qmul_root / 'ChairV2' / 'photo' / 'c3.png').write_bytes(b'not a png at all')
-    expect_error(make_args('ChairV2', qmul_root), 'c3.png', 'not a readable image')
+    expect_error(make_config('ChairV2', qmul_root), 'c3.png', 'not a readable image')
     good = (qmul_root / 'ChairV2' / 'photo' / 'ty.png').read_bytes()
     (qmul_root / 'ChairV2' / 'photo' / 'c3.png').write_bytes(good[:len(good) // 2])   # truncated
-    expect_error(make_args('ChairV2', qmul_root), 'c3.png')
+    expect_error(make_config('ChairV2', qmul_root), 'c3.png')
 
 
 def test_error_key_without_split(qmul_root):
     edit_pickle(qmul_root / 'ChairV2' / 'ChairV2_Coordinate', lambda d: d.update({'/val/c3_9': vector_sketch()}))
-    expect_error(make_args('ChairV2', qmul_root), "'/val/c3_9'", '/train/')
+    expect_error(make_config('ChairV2', qmul_root), "'/val/c3_9'", '/train/')
 
 
 def test_error_unknown_dataset_and_wrong_root(qmul_root, tmp_path):
-    expect_error(make_args('ChairV2', qmul_root, dataset='Nope'), "unknown dataset 'Nope'")
-    expect_error(make_args('ChairV2', tmp_path / 'nowhere'), 'nowhere', 'does not exist')
-    expect_error(make_args('ShoeV2', qmul_root), 'ShoeV2', 'no such folder')
+    expect_error(make_config('ChairV2', qmul_root, dataset='Nope'), "unknown dataset 'Nope'")
+    expect_error(make_config('ChairV2', tmp_path / 'nowhere'), 'nowhere', 'does not exist')
+    expect_error(make_config('ShoeV2', qmul_root), 'ShoeV2', 'no such folder')
 
 
 def test_cli_error_is_clean_and_exits_2(tmp_path, capsys):
@@ -264,13 +266,13 @@ def test_cli_error_is_clean_and_exits_2(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- SWIRE layout
 def test_swire_loader(swire_root):
-    args = make_args('SWIRE', swire_root)
+    args = make_config('SWIRE', swire_root)
     train, test = dataset.build_datasets(args)
     assert len(train) == 6 and len(test.queries) == 2 and len(test.gallery) == 1
     item = train[0]
     assert item['sketch'].shape == (3, 32, 32)
     # whole image + toolbar + three list boxes (10-12 px apart > the 1 % merge gap of 1.6 px)
-    raw_img, sboxes = dataset.render_sketch(train.records[0], args)
+    raw_img, sboxes = layouts.render_sketch(train.records[0], args.style)
     assert sboxes[0].tolist() == [0, 0, 90, 160] and len(sboxes) == 5
     assert np.asarray(raw_img)[0, 0, 0] == 255 and np.asarray(raw_img)[4, 40, 0] < 128   # inverted: dark on white
     for k in ('sketch', 'positive', 'negative'):
@@ -278,7 +280,7 @@ def test_swire_loader(swire_root):
 
 
 def test_swire_gui_nodes_tree_and_repairs(swire_root):
-    args = make_args('SWIRE', swire_root)
+    args = make_config('SWIRE', swire_root)
     index = dataset.load_index(args)
     first = f'{sorted(r.photo for r in index.train)[0]}'
     raw = [p for p, rec in index.photos.items()
@@ -295,13 +297,13 @@ def test_swire_gui_nodes_tree_and_repairs(swire_root):
     assert index.repairs['null children entries ignored'] == 1
     summary = dataset.format_summary(index, args)
     assert 'zero-area GUI elements dropped: 1' in summary and 'min 5 / median 5 / max 5' in summary
-    short = dataset.load_index(make_args('SWIRE', swire_root, num_regions=3))
+    short = dataset.load_index(make_config('SWIRE', swire_root, num_regions=3))
     assert all(len(p.boxes) == 3 for p in short.photos.values()) and short.gui_tree(first) == [-1, 0, 0]
 
 
 def test_swire_split_is_stable():
-    assert [dataset.swire_split(str(i)) for i in range(8)] == [dataset.swire_split(str(i)) for i in range(8)]
-    share = np.mean([dataset.swire_split(f'{i}') == 'test' for i in range(2000)])
+    assert [layouts.swire_split(str(i)) for i in range(8)] == [layouts.swire_split(str(i)) for i in range(8)]
+    share = np.mean([layouts.swire_split(f'{i}') == 'test' for i in range(2000)])
     assert 0.17 < share < 0.23
 
 
@@ -309,59 +311,61 @@ def test_swire_errors(swire_root):
     gui = swire_root / 'SWIRE' / 'combined'
     victim = sorted(gui.glob('*.json'))[0]
     victim.write_text('{broken')
-    expect_error(make_args('SWIRE', swire_root), victim.name, 'JSON')
+    expect_error(make_config('SWIRE', swire_root), victim.name, 'JSON')
     victim.unlink()
-    expect_error(make_args('SWIRE', swire_root), victim.name, 'missing')
+    expect_error(make_config('SWIRE', swire_root), victim.name, 'missing')
 
 
 def test_swire_blank_sketch_is_an_error(swire_root):
     path = sorted((swire_root / 'SWIRE' / 'sketches').glob('*.jpg'))[0]
     Image.new('L', (90, 160), 0).save(path)
-    expect_error(make_args('SWIRE', swire_root), path.name, 'no ink')
+    expect_error(make_config('SWIRE', swire_root), path.name, 'no ink')
 
 
 # ----------------------------------------------------------------------------- Folder layout
 def test_folder_loader_all_sketch_kinds(folder_root):
-    args = make_args('Folder', folder_root)
+    args = make_config('Folder', folder_root)
     train, test = dataset.build_datasets(args)
     assert len(train) == 3 and len(test.queries) == 1 and test.gallery_names == ['photos/p2.png']
     by_name = {r.name: r for r in train.records + test.records}
     raster = {}
     for name in ('sketches/dark.png', 'sketches/light.png', 'sketches/alpha.png'):
-        img, boxes = dataset.render_sketch(by_name[name], args)
+        img, boxes = layouts.render_sketch(by_name[name], args.style)
         raster[name] = boxes.tolist()
         assert np.asarray(img)[0, 0, 0] == 255 and np.asarray(img)[10, 10, 0] < 128
     assert raster['sketches/dark.png'] == raster['sketches/light.png'] == raster['sketches/alpha.png']
     assert raster['sketches/dark.png'][0] == [0, 0, 100, 80] and len(raster['sketches/dark.png']) == 3
-    assert len(dataset.render_sketch(by_name['sketches/vec.npy'], args)[1]) == 3   # strokes
+    assert len(layouts.render_sketch(by_name['sketches/vec.npy'], args.style)[1]) == 3   # strokes
     item = test.queries[0]
     assert item['sketch'].shape == (3, 32, 32) and item['target'] == 0
 
 
 def test_folder_selective_search_cache_filled(folder_root):
-    cache = folder_root / dataset.BOX_PICKLE.format('Folder')
-    edit_pickle(cache, lambda d: d.pop('photos/p1.png'))
-    dataset.load_index(make_args('Folder', folder_root))
-    table = pickle.loads(cache.read_bytes())
-    assert table['photos/p1.png'][0] == [0, 0, 64, 64] and len(table) == 3
+    cache = folder_root / layouts.FOLDER_BOX_CACHE
+    table = json.loads(cache.read_text())
+    del table['photos']['photos/p1.png']
+    cache.write_text(json.dumps(table))
+    dataset.load_index(make_config('Folder', folder_root))
+    table = json.loads(cache.read_text())['photos']
+    assert table['photos/p1.png']['boxes'][0] == [0, 0, 64, 64] and len(table) == 3
 
 
 def test_folder_errors(folder_root):
     csv = folder_root / 'pairs.csv'
     text = csv.read_text()
     csv.write_text(text.replace('split', 'part', 1))
-    expect_error(make_args('Folder', folder_root), 'pairs.csv', 'missing column(s) split')
+    expect_error(make_config('Folder', folder_root), 'pairs.csv', 'missing column(s) split')
     csv.write_text(text.replace('photos/p1.png', 'photos/nothere.png'))
-    expect_error(make_args('Folder', folder_root), 'nothere.png', 'missing photo')
+    expect_error(make_config('Folder', folder_root), 'nothere.png', 'missing photo')
     csv.write_text(text.replace(',test', ',val'))
-    expect_error(make_args('Folder', folder_root), 'pairs.csv line 4', 'split')
+    expect_error(make_config('Folder', folder_root), 'pairs.csv line 4', 'split')
     csv.unlink()
-    expect_error(make_args('Folder', folder_root), 'pairs.csv', 'missing')
+    expect_error(make_config('Folder', folder_root), 'pairs.csv', 'missing')
 
 
 def test_folder_corrupt_sketch_image(folder_root):
     (folder_root / 'sketches' / 'dark.png').write_bytes(b'\x89PNG garbage')
-    expect_error(make_args('Folder', folder_root), 'dark.png', 'cannot decode image')
+    expect_error(make_config('Folder', folder_root), 'dark.png', 'cannot decode image')
 
 
 # ----------------------------------------------------------------------------- embedded datasets
@@ -370,7 +374,7 @@ def test_build_datasets_on_small_synthetic(tmp_path):
     small = {'Synthetic': ['train_photos=3', 'test_photos=2', 'sketches_per_photo=2'],
              'SyntheticGUI': ['screens=10', 'sketches_per_screen=1']}
     for name, n_train, n_test in (('Synthetic', 6, 4), ('SyntheticGUI', None, None)):
-        train, test = dataset.build_datasets(make_args(name, tmp_path, '--synthetic_size', *small[name]))
+        train, test = dataset.build_datasets(make_config(name, tmp_path, '--synthetic_size', *small[name]))
         if n_train:
             assert (len(train), len(test.queries)) == (n_train, n_test)
         batch = dataset.collate([train[0], train[1]])
@@ -385,7 +389,7 @@ def test_build_datasets_on_small_synthetic(tmp_path):
 def test_photo_edges_trace_the_outline():
     img = Image.new('RGB', (256, 256), (235, 235, 235))
     ImageDraw.Draw(img).rectangle([64, 80, 191, 175], fill=(120, 40, 30))
-    edges = np.asarray(dataset.photo_edges(img).convert('L'))
+    edges = np.asarray(transforms.photo_edges(img).convert('L'))
     assert edges.shape == (256, 256)
     ink = edges < 128
     assert ink[80, 100:150].all() and ink[100:150, 64].all()     # on the border: lines
@@ -399,7 +403,7 @@ REAL = os.environ.get('FGSBIR_DATA')
 @pytest.mark.skipif(not REAL or not os.path.isdir(os.path.join(REAL or '', 'ChairV2')),
                     reason='FGSBIR_DATA (the folder holding ChairV2/) is not set')
 def test_real_chairv2():
-    args = make_args('ChairV2', REAL, '--image_size', '224')
+    args = make_config('ChairV2', REAL, '--image_size', '224')
     index = dataset.load_index(args)
     assert (len(index.train), len({r.photo for r in index.train})) == (952, 300)
     assert (len(index.test), len({r.photo for r in index.test})) == (323, 100)

@@ -1,12 +1,12 @@
-"""Region features, backbones, weight loading, and the batched evaluation against simple references."""
+"""Region features, the model interface, and the batched evaluation against simple references."""
 import pytest
 import torch
 import torch.nn as nn
-import torchvision
 
-from evaluate import pairwise_distances, retrieval_metrics
-from model import (PretrainedWeightsError, RegionEncoder, build_backbone, build_head,
-                   save_checkpoint)
+from backbones import build_backbone
+from checkpoint import read_checkpoint, save_checkpoint
+from model import CrossModalHierarchy, RegionEncoder, build_head
+from retrieval import retrieval_metrics
 
 
 def test_region_features_follow_boxes_at_the_tensor_scale():
@@ -41,49 +41,24 @@ def test_region_encoder_batches_match_one_image_at_a_time():
             torch.testing.assert_close(out[b, :n], one[0], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize('name,size,channels,side', [
-    ('vgg16', 224, 512, 7), ('resnet18_light', 128, 256, 8), ('inception_v3', 299, 2048, 8)])
-def test_backbone_output_shapes(name, size, channels, side):
-    net, c = build_backbone(name, 'none')
-    with torch.no_grad():
-        out = net.eval()(torch.zeros(1, 3, size, size))
-    assert c == channels and out.shape == (1, channels, side, side)
-
-
-def test_pretrained_from_a_local_file(tmp_path):
-    ref = torchvision.models.resnet18()
-    torch.save(ref.state_dict(), tmp_path / 'resnet18.pth')
-    net, _ = build_backbone('resnet18_light', str(tmp_path / 'resnet18.pth'))
-    torch.testing.assert_close(net[0].weight, ref.conv1.weight)
-    torch.save({'wrong': torch.zeros(1)}, tmp_path / 'bad.pth')
-    with pytest.raises(PretrainedWeightsError, match='not a torchvision resnet18_light state_dict'):
-        build_backbone('resnet18_light', str(tmp_path / 'bad.pth'))
-    with pytest.raises(PretrainedWeightsError, match='no such file'):
-        build_backbone('resnet18_light', str(tmp_path / 'missing.pth'))
-
-
-def test_imagenet_download_failure_says_what_to_do(monkeypatch):
-    def offline(self, *a, **k):
-        raise OSError('network unreachable')
-    monkeypatch.setattr(torchvision.models._api.WeightsEnum, 'get_state_dict', offline)
-    with pytest.raises(PretrainedWeightsError, match=r'--pretrained /path/to/vgg16-397923af\.pth.*--pretrained none'):
-        build_backbone('vgg16', 'imagenet')
-
-
-def test_pairwise_distances_match_one_pair_at_a_time():
+def test_distance_matrix_matches_one_pair_at_a_time():
     torch.manual_seed(0)
     head = build_head('paper', dim=16, att_dim=8).eval()
     s = torch.randn(4, 6, 16)
     p = torch.randn(5, 9, 16)
     s_mask = torch.arange(6)[None] < torch.tensor([6, 2, 1, 4])[:, None]
     p_mask = torch.arange(9)[None] < torch.tensor([9, 3, 1, 5, 7])[:, None]
-    dist = pairwise_distances(head, s, s_mask, p, p_mask, chunk=3)
+    model = CrossModalHierarchy(None, None, head)
+    dist = model.distance_matrix({'nodes': s, 'mask': s_mask}, {'nodes': p, 'mask': p_mask}, chunk=3)
+    cols = torch.tensor([[4, 0], [1, 1], [3, 2], [0, 4]])
+    some = model.distance_matrix({'nodes': s, 'mask': s_mask}, {'nodes': p, 'mask': p_mask}, chunk=3, cols=cols)
     with torch.no_grad():
         for q in range(4):
             for g in range(5):
                 ns, np_ = int(s_mask[q].sum()), int(p_mask[g].sum())
                 a, b = head(s[q:q + 1, :ns], s_mask[q:q + 1, :ns], p[g:g + 1, :np_], p_mask[g:g + 1, :np_])
-                assert dist[q, g].item() == pytest.approx((a - b).norm().item(), abs=1e-4)
+                assert dist[q, g].item() == pytest.approx((a - b).pow(2).sum().item(), abs=1e-4)
+    torch.testing.assert_close(some, dist.gather(1, cols))
 
 
 def test_retrieval_metrics_count_ties_against_the_query():
@@ -109,3 +84,4 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         save_checkpoint(tmp_path / 'last.pth', step=2)
     monkeypatch.undo()
     assert torch.load(tmp_path / 'last.pth')['step'] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ['last.pth']      # no temporary file left

@@ -7,8 +7,10 @@ import torch
 import evaluate
 import main
 import options
+import train
 from dataset import build_datasets, collate
-from model import build_model
+from losses import TripletLoss
+from methods import build_model
 
 TINY = ['--synthetic_size', 'train_photos=4', 'test_photos=3', 'sketches_per_photo=2',
         '--image_size', '64', '--dim', '32', '--att_dim', '8', '--batch_size', '4', '--lr', '1e-3',
@@ -21,14 +23,15 @@ def data_root(tmp_path_factory):
 
 
 def test_training_steps_reduce_the_loss(data_root):
-    args = options.parse_args(['--data_root', str(data_root), *TINY])
+    args = options.parse_args('main', ['--data_root', str(data_root), *TINY])
     torch.manual_seed(0)
-    train_set, _ = build_datasets(args)
+    train_set, _ = build_datasets(options.data_config(args))
     batch = collate([train_set[i] for i in range(8)])
     model = build_model(args)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = [main.train_step(model, batch, opt, args.margin, torch.device('cpu')) for _ in range(30)]
+    loss_fn = TripletLoss(args.margin)
+    losses = [train.train_step(model, loss_fn, batch, opt, torch.device('cpu')) for _ in range(30)]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.5 * first, losses
 
@@ -44,20 +47,20 @@ def test_run_resume_and_evaluate(data_root, tmp_path, monkeypatch):
     run_main(data_root, tmp_path, '--run_name', 'straight', '--max_steps', '4', '--eval_every', '2')
     # ... and the same run killed during its third step, then --resume: the same batches, the
     # same learning rates, the same weights.
-    real_step, calls = main.train_step, []
+    real_step, calls = train.train_step, []
 
     def crash_on_third(*a, **k):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real_step(*a, **k)
-    monkeypatch.setattr(main, 'train_step', crash_on_third)
+    monkeypatch.setattr(train, 'train_step', crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         run_main(data_root, tmp_path, '--run_name', 'split', '--max_steps', '4', '--eval_every', '2')
-    monkeypatch.setattr(main, 'train_step', real_step)
+    monkeypatch.setattr(train, 'train_step', real_step)
     run_main(data_root, tmp_path, '--resume', str(tmp_path / 'split'))
-    straight = torch.load(tmp_path / 'straight' / 'last.pth', weights_only=False)
-    split = torch.load(tmp_path / 'split' / 'last.pth', weights_only=False)
+    straight = torch.load(tmp_path / 'straight' / 'last.pth', weights_only=True)
+    split = torch.load(tmp_path / 'split' / 'last.pth', weights_only=True)
     assert straight['step'] == split['step'] == 4
     for k, v in straight['model'].items():
         torch.testing.assert_close(split['model'][k], v, atol=1e-6, rtol=1e-5, msg=k)
@@ -68,7 +71,7 @@ def test_run_resume_and_evaluate(data_root, tmp_path, monkeypatch):
     assert any((run / 'tb').iterdir())
     lines = [json.loads(x) for x in (run / 'metrics.jsonl').read_text().splitlines()]
     assert [m['step'] for m in lines] == [2, 4]
-    best = torch.load(run / 'best.pth', weights_only=False)
+    best = torch.load(run / 'best.pth', weights_only=True)
     stored = next(m for m in lines if m['step'] == best['step'])
 
     # evaluate.py rebuilds the model from the checkpoint alone and reproduces the numbers.
@@ -82,10 +85,10 @@ def test_run_resume_and_evaluate(data_root, tmp_path, monkeypatch):
 
 
 def test_learning_rate_schedules():
-    cosine = options.parse_args(['--lr', '1e-3', '--lr_schedule', 'cosine'])
-    assert [main.learning_rate(cosine, s, 100) for s in (0, 50, 100)] == pytest.approx([1e-3, 5e-4, 0])
-    paper = options.parse_args(['--backbone', 'vgg16'])
-    assert paper.lr_schedule == 'constant' and main.learning_rate(paper, 77, 100) == paper.lr == 1e-4
+    cosine = options.parse_args('main', ['--lr', '1e-3', '--lr_schedule', 'cosine'])
+    assert [train.learning_rate(cosine, s, 100) for s in (0, 50, 100)] == pytest.approx([1e-3, 5e-4, 0])
+    paper = options.parse_args('main', ['--backbone', 'vgg16'])
+    assert paper.lr_schedule == 'constant' and train.learning_rate(paper, 77, 100) == paper.lr == 1e-4
 
 
 @pytest.mark.parametrize('negatives', ['sampled', 'batch', 'batch_hard'])
@@ -93,15 +96,15 @@ def test_learning_rate_schedules():
 def test_train_step_loss_matches_explicit_triplets(data_root, negatives, shared):
     """The batched step against triplets written out one by one (eval mode: greedy, no noise)."""
     flag = '--no-separate_backbones' if shared else '--separate_backbones'
-    args = options.parse_args(['--data_root', str(data_root), *TINY, flag])
+    args = options.parse_args('main', ['--data_root', str(data_root), *TINY, flag])
     torch.manual_seed(0)
-    train_set, _ = build_datasets(args)
+    train_set, _ = build_datasets(options.data_config(args))
     items = [train_set[i] for i in range(4)]
     batch = collate(items)
     model = build_model(args).eval()
     assert (model.sketch_encoder is model.photo_encoder) == shared
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    loss = main.train_step(model, batch, opt, args.margin, torch.device('cpu'), negatives)
+    loss = train.train_step(model, TripletLoss(args.margin, negatives), batch, opt, torch.device('cpu'))
 
     def dist(a, ka, b, kb):
         with torch.no_grad():
