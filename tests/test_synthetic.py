@@ -1,6 +1,7 @@
-"""The embedded procedural datasets (synthetic.py): layout contract, determinism, coarse-to-fine
+"""The embedded procedural datasets (package synthetic): layout contract, determinism, coarse-to-fine
 sketches, GUI trees, atomic regeneration. Sizes are tiny: the whole file runs in seconds."""
 import hashlib
+import inspect
 import json
 import pickle
 import re
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 import synthetic
+from synthetic import chairs as chair_data, families, geometry, gui, gui_tree
 
 CHAIRS = dict(train_photos=4, test_photos=3, sketches_per_photo=2)
 SCREENS = dict(screens=4, sketches_per_screen=2)
@@ -69,8 +71,8 @@ def test_qmul_layout(chairs):
         assert set(np.unique(pts[:, 2])) <= {0.0, 1.0} and pts[-1, 2] == 1
         assert pts[:, :2].min() >= 0 and pts[:, :2].max() <= 255
         ss = strokes(pts)
-        assert 1 <= len(ss) <= synthetic.MAX_STROKES
-        assert all(2 <= len(s) <= synthetic.MAX_STROKE_POINTS for s in ss)
+        assert 1 <= len(ss) <= chair_data.MAX_STROKES
+        assert all(2 <= len(s) <= geometry.MAX_STROKE_POINTS for s in ss)
     assert sum(v == 'train' for v in split_of.values()) == CHAIRS['train_photos']
     assert sum(v == 'test' for v in split_of.values()) == CHAIRS['test_photos']
     assert len(list((folder / 'photo').glob('*.png'))) == len(split_of)
@@ -106,11 +108,11 @@ def test_sketches_are_coarse_to_fine(chairs):
 
 def test_sketch_matches_its_photo():
     """A sketch is drawn from the same geometry as its photo: its ink lies over the chair."""
-    d = synthetic.families(synthetic.rng_for(3, 0, 0), 1, synthetic.CHAIR_GROUPS, synthetic.SHAPE_GROUPS,
-                           synthetic.chair_signature)[0][1]
-    parts = synthetic.build_chair(d)
-    photo = np.asarray(synthetic.render_photo(d, parts, synthetic.rng_for(3, 1, 0)).convert('L'), float)
-    pts = synthetic.chair_sketch(parts, synthetic.rng_for(3, 2, 0, 1))
+    d = families.families(geometry.rng_for(3, 0, 0), 1, chair_data.CHAIR_GROUPS, chair_data.SHAPE_GROUPS,
+                          chair_data.chair_signature)[0][1]
+    parts = chair_data.build_chair(d)
+    photo = np.asarray(chair_data.render_photo(d, parts, geometry.rng_for(3, 1, 0)).convert('L'), float)
+    pts = chair_data.chair_sketch(parts, geometry.rng_for(3, 2, 0, 1))
     chair = photo < 200                                        # the background is near-white
     ys, xs = np.nonzero(chair)
     lo, hi = np.array([xs.min(), ys.min()]), np.array([xs.max(), ys.max()])
@@ -120,9 +122,9 @@ def test_sketch_matches_its_photo():
 
 def test_siblings_differ():
     """Families share most parts, yet no two members have the same shape."""
-    fam = synthetic.families(synthetic.rng_for(0, 0, 0), 20, synthetic.CHAIR_GROUPS, synthetic.SHAPE_GROUPS,
-                             synthetic.chair_signature)
-    sigs = [synthetic.chair_signature(d) for _, d in fam]
+    fam = families.families(geometry.rng_for(0, 0, 0), 20, chair_data.CHAIR_GROUPS, chair_data.SHAPE_GROUPS,
+                            chair_data.chair_signature)
+    sigs = [chair_data.chair_signature(d) for _, d in fam]
     assert len(set(sigs)) == len(sigs)
     assert len({f for f, _ in fam}) < len(fam)                # some families have several members
 
@@ -135,7 +137,7 @@ def test_gui_layout(screens):
         rid = j.stem
         assert re.fullmatch(r'\d{6}', rid)
         shot = Image.open(folder / 'combined' / f'{rid}.jpg')
-        assert shot.size == synthetic.SCREEN_SIZE and shot.size[0] * 16 == shot.size[1] * 9
+        assert shot.size == gui.SCREEN_SIZE and shot.size[0] * 16 == shot.size[1] * 9
         tree = json.loads(j.read_text())
         assert tree['bounds'] == [0, 0, 1440, 2560]
         labels = set()
@@ -158,6 +160,34 @@ def test_gui_layout(screens):
             assert sk.mean() < 60, 'sketches are white ink on black'
             assert 0.01 < ink.mean() < 0.3 and sk.max() > 200
     assert len(list((folder / 'sketches').glob('*.jpg'))) == SCREENS['screens'] * SCREENS['sketches_per_screen']
+
+
+def test_gui_kind_table_covers_the_builders():
+    """Every element kind the tree builders emit has a painter and a sketcher in gui.KINDS, and the
+    table holds no kind the builders never emit. The kinds are read from the builders' source
+    (rare branches included) and checked against the trees of many sampled designs."""
+    written = set(re.findall(r"kind=['\"](\w+)['\"]", inspect.getsource(gui_tree)))
+    rng = geometry.rng_for(0, 99)
+    built = {n['_style']['kind'] for _ in range(300)
+             for n in gui_tree.walk(gui_tree.build_screen(families.sample_design(rng, gui_tree.GUI_GROUPS)))}
+    assert len(built) >= 10 and built <= written, f'kinds not written as kind=\'...\' literals: {built - written}'
+    assert written == set(gui.KINDS), (f'kinds without painter / sketcher: {sorted(written - set(gui.KINDS))}; '
+                                       f'table entries never emitted: {sorted(set(gui.KINDS) - written)}')
+    for name, kind in gui.KINDS.items():
+        assert callable(kind.paint) and callable(kind.sketch), name
+
+
+def test_command_line(tmp_path, capsys):
+    """python -m synthetic: generates, prints the marker, writes the preview; bad sizes are usage errors."""
+    from synthetic.__main__ import main
+    grid = tmp_path / 'preview.png'
+    main(['--name', 'SyntheticGUI', '--data_root', str(tmp_path), '--size', 'screens=2', 'sketches_per_screen=1',
+          '--preview', str(grid)])
+    assert synthetic.read_marker(tmp_path / 'SyntheticGUI')['size'] == {'screens': 2, 'sketches_per_screen': 1}
+    assert Image.open(grid).size[0] > 0 and 'ready' in capsys.readouterr().out
+    for bad in ('screens=0', 'photos=3'):
+        with pytest.raises(SystemExit):
+            main(['--name', 'SyntheticGUI', '--data_root', str(tmp_path), '--size', bad])
 
 
 def test_regenerates_atomically_on_seed_change(tmp_path, monkeypatch):
