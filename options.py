@@ -18,8 +18,8 @@ import layouts
 import losses
 import methods
 from dataset import PHOTO_INPUTS, DataConfig
+from head import VARIANTS
 from hierarchy import INITS
-from model import VARIANTS
 from sketch import DETAIL_FRACTION, SketchStyle
 
 # The paper trains 200 epochs; the embedded datasets get a budget that `python main.py` (light

@@ -14,8 +14,13 @@ import torchvision
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from backbones import (BACKBONES, PretrainedWeightsError, SameConv2d, build_backbone,
-                       build_classifier)
+from backbones import (
+    BACKBONES,
+    PretrainedWeightsError,
+    SameConv2d,
+    build_backbone,
+    build_classifier,
+)
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 LITE = ((127 / 255,) * 3, (128 / 255,) * 3)

@@ -6,13 +6,19 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    make_config,
+    photo_image,
+    vector_sketch,
+    write_box_cache,
+    write_qmul,
+)
 from PIL import Image, ImageDraw
 
 import dataset
 import layouts
 import proposals
 import transforms
-from conftest import make_config, photo_image, vector_sketch, write_box_cache, write_qmul
 from files import DatasetError
 
 

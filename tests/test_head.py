@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from head import build_head
 from hierarchy import merge_layer
 from losses import triplet_loss
-from model import CrossModalHierarchy, build_head, pair_distance
+from model import CrossModalHierarchy, pair_distance
 from retrieval import retrieval_metrics
 
 D = 16  # small D keeps the float64 reference fast; the arithmetic does not depend on it

@@ -5,7 +5,8 @@ import torch.nn as nn
 
 from backbones import build_backbone
 from checkpoint import read_checkpoint, save_checkpoint
-from model import CrossModalHierarchy, RegionEncoder, build_head
+from head import build_head
+from model import CrossModalHierarchy, RegionEncoder
 from retrieval import retrieval_metrics
 
 

@@ -1,10 +1,10 @@
 """Sketch geometry: strokes, rasterisation, stroke boxes, coarse levels, raster ink nodes."""
 import numpy as np
 import pytest
+from conftest import vector_sketch
 from PIL import Image, ImageDraw
 
 import sketch
-from conftest import vector_sketch
 
 
 def test_split_strokes_by_pen_flag():

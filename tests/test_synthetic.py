@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 import synthetic
-from synthetic import chairs as chair_data, families, geometry, gui, gui_tree
+from synthetic import chairs as chair_data
+from synthetic import families, geometry, gui, gui_tree
 
 CHAIRS = dict(train_photos=4, test_photos=3, sketches_per_photo=2)
 SCREENS = dict(screens=4, sketches_per_screen=2)
