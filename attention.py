@@ -1,4 +1,5 @@
-"""Cross-modal co-attention between the sketch nodes and the photo nodes of a pair (arXiv 2007.15103; docs/method.md, (M1)-(M4)).
+"""Cross-modal co-attention between the sketch nodes and the photo nodes of a pair
+(arXiv 2007.15103; docs/method.md, (M1)-(M4)).
 
 One round, batched over B pairs whose node counts differ; padded nodes are masked out of the
 softmax and come back as zeros.

@@ -13,7 +13,6 @@ keys, see train.EpochSampler), so a resumed or distributed run sees exactly the 
 """
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -1,4 +1,5 @@
-"""Hierarchical node fusion: one level merges one pair of nodes per node set (arXiv 2007.15103; docs/method.md, (M5)-(M7)).
+"""Hierarchical node fusion: one level merges one pair of nodes per node set
+(arXiv 2007.15103; docs/method.md, (M5)-(M7)).
 
 Batched over node sets of different sizes: real nodes are a prefix of each row (mask True), and
 stay so after the merge, so no Python loop over pairs is needed.

@@ -23,7 +23,14 @@ from PIL import Image
 from tqdm import tqdm
 
 import sketch
-from files import DatasetError, WriteError, atomic_write, open_image, read_pickle, require
+from files import (
+    DatasetError,
+    WriteError,
+    atomic_write,
+    open_image,
+    read_pickle,
+    require,
+)
 
 BOX_TOP_N, BOX_MIN_SIDE = 16, 10
 SELECTIVE_SEARCH_MAX_SIDE = 512   # larger photos are searched downscaled (speed), boxes scaled back

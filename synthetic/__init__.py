@@ -26,8 +26,17 @@ Modules
   cache        ensure_synthetic (atomic generation, marker), preview
   __main__     the command line: python -m synthetic --name Synthetic --data_root data --preview P.png
 """
-from synthetic.cache import (DEFAULT_SIZE, GENERATOR_VERSION, GENERATORS, MARKER, box_pickle_path,
-                             ensure_synthetic, is_current, preview, read_marker)
+from synthetic.cache import (
+                             DEFAULT_SIZE,
+                             GENERATOR_VERSION,
+                             GENERATORS,
+                             MARKER,
+                             box_pickle_path,
+                             ensure_synthetic,
+                             is_current,
+                             preview,
+                             read_marker,
+)
 
 __all__ = ['DEFAULT_SIZE', 'GENERATOR_VERSION', 'GENERATORS', 'MARKER', 'box_pickle_path', 'ensure_synthetic',
            'is_current', 'preview', 'read_marker']

@@ -6,8 +6,17 @@
 import argparse
 import time
 
-from options import nonneg_int, size_item   # the --synthetic_size / --synthetic_seed parsers of main.py
-from synthetic.cache import DEFAULT_SIZE, GENERATORS, ensure_synthetic, preview, read_marker
+from options import (  # the --synthetic_size / --synthetic_seed parsers of main.py
+    nonneg_int,
+    size_item,
+)
+from synthetic.cache import (
+    DEFAULT_SIZE,
+    GENERATORS,
+    ensure_synthetic,
+    preview,
+    read_marker,
+)
 
 
 def main(argv=None):

@@ -19,8 +19,17 @@ from proposals import BOX_MIN_SIDE, BOX_TOP_N
 from sketch import CANVAS
 from synthetic.chair_parts import build_chair
 from synthetic.families import families
-from synthetic.geometry import (apply_affine, arc_length, bbox, hand_polyline, hsv, random_affine, rng_for,
-                                smooth_noise, smooth_warp)
+from synthetic.geometry import (
+    apply_affine,
+    arc_length,
+    bbox,
+    hand_polyline,
+    hsv,
+    random_affine,
+    rng_for,
+    smooth_noise,
+    smooth_warp,
+)
 
 SUPERSAMPLE = 2       # photos are drawn at 2x and reduced: anti-aliased edges
 MAX_STROKES = 20      # ChairV2 has 1-15 strokes per sketch; extra strokes are the finest ones

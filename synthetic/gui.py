@@ -13,10 +13,27 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from synthetic.families import families
-from synthetic.geometry import (apply_affine, ellipse, hand_polyline, hsv, random_affine, rng_for,
-                                rounded_rect, smooth_warp)
-from synthetic.gui_tree import (GUI_GROUPS, GUI_SHAPE_GROUPS, H_GUI, STATUS_H, W_GUI, build_screen,
-                                gui_signature, rico_json, walk)
+from synthetic.geometry import (
+    apply_affine,
+    ellipse,
+    hand_polyline,
+    hsv,
+    random_affine,
+    rng_for,
+    rounded_rect,
+    smooth_warp,
+)
+from synthetic.gui_tree import (
+    GUI_GROUPS,
+    GUI_SHAPE_GROUPS,
+    H_GUI,
+    STATUS_H,
+    W_GUI,
+    build_screen,
+    gui_signature,
+    rico_json,
+    walk,
+)
 
 SCREEN_SIZE = (360, 640)   # screenshot, 9:16 like RICO's 1080x1920
 GUI_SKETCH_SIZE = (288, 512)

@@ -10,7 +10,6 @@ from conftest import (
     make_config,
     photo_image,
     vector_sketch,
-    write_box_cache,
     write_qmul,
 )
 from PIL import Image, ImageDraw

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from backbones import build_backbone
-from checkpoint import read_checkpoint, save_checkpoint
+from checkpoint import save_checkpoint
 from head import build_head
 from model import CrossModalHierarchy, RegionEncoder
 from retrieval import retrieval_metrics
