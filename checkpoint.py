@@ -1,9 +1,11 @@
 """Checkpoints: written atomically, read without running code, checked against the model.
 
 A checkpoint is a dict of tensors and plain values: 'args' (the run's options), 'model',
-'optimizer', 'step', 'best_acc1', 'metrics', 'rng' (runtime.rng_state). It is read with
+'optimizer', 'step', 'best_acc1', 'metrics', 'rng' (runtime.rng_state of rank 0) and 'rng_ranks'
+(every process's, for an exact resume under torchrun). It is read with
 `torch.load(weights_only=True)`, which refuses anything but tensors and plain containers, so a
-crafted .pth cannot run code. Every failure is one CheckpointError naming the file.
+crafted .pth cannot run code; its stored options are checked as the command line checks them.
+Every failure is one CheckpointError naming the file.
 """
 import argparse
 import io
@@ -48,7 +50,39 @@ def read_checkpoint(path):
                               f'codebase, or holding objects other than tensors ({first[:200]})') from None
     if not isinstance(state, dict) or not {'args', 'model'} <= set(state):
         raise CheckpointError(f'{path}: not a checkpoint of this codebase (no stored options and weights)')
+    if not (isinstance(state['args'], dict) and isinstance(state['model'], dict)
+            and all(torch.is_tensor(v) for v in state['model'].values())):
+        raise CheckpointError(f'{path}: not a checkpoint of this codebase (its options are not a dict or '
+                              f'its weights not a dict of tensors)')
     return path, state
+
+
+def check_stored_options(stored, path):
+    """Refuse stored options this code cannot build (a checkpoint of another version, or an
+    edited one): a name outside an option's choices, a number its checked type rejects."""
+    # Imported here, not at the top: options imports most of the codebase.
+    import options
+    for action in options.build_parser('main')._actions:
+        value = stored.get(action.dest)
+        if value is None or action.nargs is not None or isinstance(value, bool):
+            continue
+        why = None
+        if action.choices is not None:
+            if value not in action.choices:
+                why = f'expected one of {", ".join(map(str, action.choices))}'
+        elif action.type is not None and action.type is not str:
+            try:
+                if action.type(str(value)) != value:
+                    why = f'not a value of type {getattr(action.type, "__name__", action.type)}'
+            except (argparse.ArgumentTypeError, TypeError, ValueError) as e:
+                why = str(e)
+        if why:
+            raise CheckpointError(f'{path}: its stored option --{action.dest} {value!r} is not valid in this '
+                                  f'code ({why}; a checkpoint of another version, or edited)')
+    layers = getattr(options.backbones.BACKBONES.get(stored.get('backbone')), 'layers', None)
+    if layers is not None and stored.get('feature_layer') not in (None, *layers):
+        raise CheckpointError(f"{path}: its stored --feature_layer {stored['feature_layer']!r} is not a layer of "
+                              f"{stored['backbone']} ({', '.join(layers)})")
 
 
 def load_checkpoint(path, defaults, overrides=None):
@@ -57,6 +91,7 @@ def load_checkpoint(path, defaults, overrides=None):
     user typed now). A typed option that changes the model is refused, naming it."""
     path, state = read_checkpoint(path)
     stored = dict(state['args'])
+    check_stored_options(stored, path)
     overrides = dict(overrides or {})
     changed = [k for k in MODEL_OPTIONS if k in overrides and k in stored and overrides[k] != stored[k]]
     if changed:

@@ -38,6 +38,7 @@ class DataConfig:
     flip_prob: float = 0.5
     style: SketchStyle = field(default_factory=SketchStyle)
     points: bool = False             # also give vector sketches as (x, y, pen) sequences
+    plans: bool = False              # also give GUI photos' tree merges (layouts.merge_plan)
     cache: bool = True
     generate: tuple = ()             # embedded datasets: (('seed', 0), ('train_photos', 300), ...)
 
@@ -99,6 +100,10 @@ class Images:
             return img.convert('L'), boxes
         return self._get(('sketch', rec.name), load)
 
+    def plan(self, name):
+        """The photo's Explicit Hierarchy merges, long [Np - 1, 2] (GUI photos only)."""
+        return torch.from_numpy(self.index.merge_plan(name))
+
     def photo(self, name):
         """-> (uint8 [3, S, S], boxes [Np, 4])"""
         rec = self.index.photos[name]
@@ -155,6 +160,8 @@ class TripletDataset(Dataset):
                 'negative': n, 'negative_boxes': n_boxes, 'photo_name': rec.photo}
         if self.config.points:
             item['sketch_points'] = point_tensor(rec.points, self.config.style.detail, flip)
+        if self.config.plans:
+            item['positive_plan'], item['negative_plan'] = self.images.plan(rec.photo), self.images.plan(negative)
         return item
 
 
@@ -187,7 +194,10 @@ class GallerySet(Dataset):
 
     def __getitem__(self, i):
         u8, boxes = self.images.photo(self.names[i])
-        return {'photo': as_float(u8), 'photo_boxes': boxes}
+        item = {'photo': as_float(u8), 'photo_boxes': boxes}
+        if self.images.config.plans:
+            item['photo_plan'] = self.images.plan(self.names[i])
+        return item
 
 
 class RetrievalData:
@@ -229,16 +239,20 @@ def build_datasets(config):
     if config.points and not index.vector:
         raise DatasetError(f'{config.dataset} at {config.root} has raster sketches; this method needs '
                            f'vector sketches (x, y, pen), as the QMUL layout and .npy Folder sketches have')
+    if config.plans and any(p.parents is None for p in index.photos.values()):
+        raise DatasetError(f'{config.dataset} at {config.root} has no GUI trees; the Explicit Hierarchy '
+                           f'needs the SWIRE layout (RICO view hierarchies)')
     return TripletDataset(index, config), RetrievalData(index, config)
 
 
-PAD_MASKS = {'_boxes': '_mask', '_points': '_points_mask'}   # padded key suffix -> its mask's
+PAD_MASKS = {'_boxes': '_mask', '_points': '_points_mask', '_plan': '_plan_mask'}   # padded key -> its mask
 
 
 def collate(batch):
     """list of item dicts -> batch dict.
     Image tensors -> [B, 3, S, S]; 'K_boxes' -> zero-padded [B, N, 4] + 'K_mask' bool [B, N]
-    (True = real node, real nodes first); 'K_points' likewise [B, L, 3] + 'K_points_mask';
+    (True = real node, real nodes first); 'K_points' likewise [B, L, 3] + 'K_points_mask', and
+    'K_plan' [B, R, 2] + 'K_plan_mask';
     ints -> LongTensor [B]; anything else -> list.
     """
     out = {}
@@ -247,7 +261,7 @@ def collate(batch):
         suffix = next((s for s in PAD_MASKS if key.endswith(s)), None)
         if suffix:
             n = max(len(v) for v in values)
-            padded = torch.zeros(len(values), n, values[0].shape[1])
+            padded = torch.zeros(len(values), n, values[0].shape[1], dtype=values[0].dtype)
             mask = torch.zeros(len(values), n, dtype=torch.bool)
             for b, v in enumerate(values):
                 padded[b, :len(v)] = v

@@ -32,7 +32,7 @@ def load_model(checkpoint, overrides, device):
 
 
 def evaluate_split(model, args, state, path, device):
-    _, test = build_datasets(options.data_config(args, type(model).needs_points))
+    _, test = build_datasets(options.data_config(args))
     metrics, dist, targets, ranks = retrieval.evaluate(model, test, device, args.eval_batch_size, args.workers,
                                                        args.pair_chunk, args.rerank)
     metrics.update(queries=len(test.queries), gallery=len(test.gallery), sketch_detail=args.sketch_detail,

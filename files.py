@@ -29,11 +29,15 @@ def require(ok, message):
 
 # What the QMUL pickles hold (dicts of lists, tuples, numbers, strings and numpy arrays): the
 # only globals an unpickler may resolve. Everything else, e.g. os.system, is refused.
+# Protocols 0-2 name builtins '__builtin__' and write bytes through _codecs.encode (a text codec:
+# the encodings package only); protocol 5 writes arrays through numpy's _frombuffer.
 SAFE_GLOBALS = {
     ('numpy', 'ndarray'), ('numpy', 'dtype'),
     ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
     ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
-    ('collections', 'OrderedDict'), ('builtins', 'set'), ('builtins', 'frozenset'),
+    ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),
+    ('collections', 'OrderedDict'), ('builtins', 'set'), ('builtins', 'frozenset'), ('builtins', 'complex'),
+    ('__builtin__', 'set'), ('__builtin__', 'frozenset'), ('__builtin__', 'complex'), ('_codecs', 'encode'),
 }
 
 
@@ -64,7 +68,9 @@ def describe_os_error(e):
     if e.errno == errno.ENOSPC:
         return 'the disk is full'
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return 'no permission to write there (read-only folder or file system?)'
+        return 'permission denied (a read-only folder or file system?)'
+    if e.errno == errno.EDQUOT:
+        return 'the disk quota is exceeded'
     return e.strerror or str(e)
 
 
@@ -80,6 +86,7 @@ def atomic_write(path, write):
     try:
         fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
         with os.fdopen(fd, 'wb') as f:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the target gets the usual mode
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -90,6 +97,12 @@ def atomic_write(path, write):
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def image_size(path):

@@ -5,12 +5,16 @@ Layouts
   QMUL   <root>/<Name>/<Name>_Coordinate  pickle {'/train/<photo>_<n>' | '/test/...': (L, 3)}
          <root>/<Name>/photo/<photo>.png
          <root>/<Name>_Select_Search_boxes_min10_topN16.pickle  {'<photo>.png': [[x1,y1,x2,y2],..]}
-         Split by key; photo of a key = after '/<split>/' up to the last '_', + '.png'.
+         Split by key; photo of a key = after '/<split>/' up to the last '_', + '.png' (the whole
+         key must have this form; a photo in both splits is an error). Box 0 must be the whole
+         photo [0, 0, W, H]: a table made for other photo sizes is refused.
   SWIRE  <root>/<Name>/sketches/<rico_id>_<n>.jpg   (white ink on black)
          <root>/<Name>/combined/<rico_id>.jpg + <rico_id>.json (RICO tree, 1440x2560 bounds)
          Split: rico_id whose md5 mod 100 < 20 are test (~20 %), deterministic on every machine.
-  Folder <root>/pairs.csv with columns sketch,photo,split (paths relative to root, inside it);
-         sketches are images (any polarity) or .npy (L, 3) vector sketches on the 256 canvas.
+  Folder <root>/pairs.csv with columns sketch,photo,split (paths relative to root, inside it;
+         each sketch on one row, each photo in one split); sketches are images (any polarity)
+         or .npy (L, 3) vector sketches on the 256 canvas. Photo boxes: selective search, cached
+         in <root>/Folder_boxes.json keyed by path, size in bytes and modification time.
   Synthetic / SyntheticGUI: generated on first use (package `synthetic`), then read as QMUL / SWIRE.
 
 Nodes (boxes)
@@ -43,7 +47,7 @@ import numpy as np
 
 import proposals
 import sketch
-from files import DatasetError, image_size, open_image, read_pickle, require
+from files import DatasetError, describe_os_error, image_size, open_image, read_pickle, require
 
 BOX_PICKLE = '{}_Select_Search_boxes_min10_topN16.pickle'
 FOLDER_BOX_CACHE = 'Folder_boxes.json'
@@ -95,6 +99,10 @@ class DataIndex:
         if parents is None:
             raise DatasetError(f'{self.name}: no GUI tree for {photo} (only SWIRE-layout datasets have one)')
         return list(parents)
+
+    def merge_plan(self, photo):
+        """The Explicit Hierarchy's merges of a GUI photo (merge_plan of its tree)."""
+        return merge_plan(self.gui_tree(photo))
 
     @property
     def vector(self):
@@ -195,9 +203,12 @@ def read_qmul(index, style):
     require(photo_dir.is_dir(), f'{photo_dir}: missing (the {name} photos)')
     data = read_pickle(coord)
     available = set(os.listdir(photo_dir))
-    missing = []
+    missing, photo_split = [], {}
     for key in sorted(data, key=str):
         split, photo = parse_qmul_key(key, coord)
+        first = photo_split.setdefault(photo, (split, key))
+        require(first[0] == split, f'{coord}: photo {photo!r} is in both splits ({first[1]!r} and {key!r}; '
+                                   f'test photos must not be trained on)')
         if photo not in available:
             missing.append((key, photo))
             continue
@@ -284,6 +295,31 @@ def gui_nodes(json_path, size, num_regions, index):
     return np.array(boxes, dtype=np.float32), parents
 
 
+def merge_plan(parents):
+    """Bottom-up merges along a containment tree, in the node-fusion convention (hierarchy.py:
+    the chosen pair (a < b) leaves, the other nodes keep their order, the merged node is appended
+    last): each step merges the deepest node (the last one on ties) into its parent. Returns the
+    (a, b) positions of every step, long (n - 1, 2). parents: parent index per node, -1 the root;
+    a node set of several roots is joined under the first."""
+    n = len(parents)
+    parent = [p if p >= 0 or i == 0 else 0 for i, p in enumerate(parents)]
+    parent[0] = -1
+    depth = []
+    for i in range(n):                    # breadth-first: a parent comes before its children
+        depth.append(0 if parent[i] < 0 else depth[parent[i]] + 1)
+    ids, plan = list(range(n)), []
+    while len(ids) > 1:
+        child = max(ids, key=lambda i: (depth[i], ids.index(i)))
+        up = parent[child]
+        a, b = sorted((ids.index(child), ids.index(up)))
+        plan.append((a, b))
+        new = len(parent)          # the merged node takes the parent's place in the tree
+        parent = [new if q in (child, up) else q for q in parent] + [parent[up]]
+        depth.append(depth[up])
+        ids = [i for i in ids if i not in (child, up)] + [new]
+    return np.array(plan, dtype=np.int64).reshape(-1, 2)
+
+
 def read_swire(index, style):
     folder = index.root / index.name
     sketch_dir, gui_dir = folder / 'sketches', folder / 'combined'
@@ -314,8 +350,9 @@ def read_swire(index, style):
 
 # ----------------------------------------------------------------------------- Folder layout
 def inside(root, rel, where, what):
-    """(root / rel, rel as a normalised posix key), refused unless rel is a relative path that stays inside root (checked on the
-    text, so a user's own symbolic links inside the folder still work)."""
+    """(root / rel, rel as a normalised posix key), refused unless rel is a relative path that
+    stays inside root (checked on the text, so a user's own symbolic links inside the folder still
+    work)."""
     norm = os.path.normpath(rel)
     require(not os.path.isabs(rel) and norm != '..' and not norm.startswith('..' + os.sep),
             f'{where}: {what} path {rel!r} leaves the dataset folder {root} (paths must be relative, inside it)')
@@ -329,7 +366,8 @@ def read_folder(index, style):
     try:
         with open(csv_path, newline='', encoding='utf-8-sig') as f:   # -sig: a BOM is not a column name
             reader = csv.DictReader(f)
-            lacking = [c for c in ('sketch', 'photo', 'split') if c not in (reader.fieldnames or [])]
+            reader.fieldnames = [(c or '').strip() for c in reader.fieldnames or []]   # 'sketch, photo, split'
+            lacking = [c for c in ('sketch', 'photo', 'split') if c not in reader.fieldnames]
             require(not lacking, f'{csv_path}: missing column(s) {", ".join(lacking)} (need sketch,photo,split)')
             rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as e:
@@ -344,9 +382,11 @@ def read_folder(index, style):
         (sk_path, sk), (ph_path, photo) = inside(root, sk, where, 'sketch'), inside(root, ph, where, 'photo')
         require(sk_path.is_file(), f'{sk_path}: missing sketch ({where})')
         require(ph_path.is_file(), f'{ph_path}: missing photo ({where})')
-        pair = (sk, photo)
-        require(pair not in seen, f'{where}: duplicate row (sketch {sk!r}, photo {ph!r}; first at line {seen.get(pair)})')
-        seen[pair] = line
+        if sk in seen:     # a sketch is one query with one true photo
+            line0, photo0 = seen[sk]
+            raise DatasetError(f'{where}: sketch {sk!r} is listed twice (first at line {line0}' +
+                               (', a duplicate row)' if photo0 == photo else f' with photo {photo0!r})'))
+        seen[sk] = line, photo
         first = photo_split.setdefault(photo, (split, line))
         require(first[0] == split, f'{where}: photo {ph!r} is in both splits (test photos must not be '
                                    f'trained on; {first[0]} at line {first[1]})')
@@ -378,6 +418,9 @@ def generated(read):
             ensure_synthetic(index.root, index.name, **index.generate)
         except ValueError as e:
             raise DatasetError(f'--dataset {index.name}: {e}') from None
+        except OSError as e:     # a read-only or full --data_root
+            raise DatasetError(f'--dataset {index.name}: cannot generate it in {index.root} '
+                               f'({e.filename or index.root}: {describe_os_error(e)})') from None
         read(index, style)
     read_generated.generates = True
     return read_generated

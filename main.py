@@ -21,9 +21,9 @@ import runtime
 from backbones import PretrainedWeightsError
 from checkpoint import CheckpointError, load_checkpoint
 from dataset import build_datasets
-from files import DatasetError
+from files import DatasetError, describe_os_error
 from losses import TripletLoss
-from methods import METHODS, build_model
+from methods import build_model
 from train import Trainer, TrainingStopped
 
 
@@ -56,6 +56,9 @@ def setup(argv):
     """(args, resume state or None, run folder, device) for this process."""
     args = options.parse_args('main', argv)
     rank, world, device = runtime.init_distributed(args.device)
+    if args.batch_size % world:
+        raise SystemExit(f'error: --batch_size {args.batch_size} is the global batch; it must be divisible by '
+                         f'the {world} processes')
     state = None
     if args.resume:
         explicit = options.explicit_args('main', argv)
@@ -68,11 +71,16 @@ def setup(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    run_dir = None
     try:
         args, state, run_dir, device = setup(argv)
         rank, world = runtime.world()
         runtime.seed_everything(args.seed)
-        train_set, test = build_datasets(options.data_config(args, METHODS[args.method].cls.needs_points))
+        if rank != 0:
+            runtime.barrier()   # rank 0 first: it alone generates the embedded dataset or the box cache
+        train_set, test = build_datasets(options.data_config(args))
+        if rank == 0:
+            runtime.barrier()
         model = build_model(args).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None) \
@@ -83,8 +91,9 @@ def main(argv=None):
             raise SystemExit(f'error: {len(train_set)} training sketches, fewer than --batch_size {args.batch_size}')
         if state is not None:
             trainer.restore(state)
-            print(f'resumed {run_dir} at step {trainer.step}')
         if rank == 0:
+            if state is not None:
+                print(f'resumed {run_dir} at step {trainer.step}')
             (run_dir / 'args.json').write_text(json.dumps(vars(args), indent=1))
             print(f'run folder: {run_dir}\n{len(train_set)} training sketches, {len(test.queries)} test sketches, '
                   f'{len(test.gallery)} gallery photos; {trainer.total_steps} steps of {args.batch_size} on '
@@ -94,7 +103,9 @@ def main(argv=None):
     except (DatasetError, PretrainedWeightsError, CheckpointError, TrainingStopped) as e:
         raise SystemExit(f'error: {e}') from None
     except OSError as e:   # a run folder that became unwritable, a full disk while logging
-        raise SystemExit(f'error: {getattr(e, "filename", None) or run_dir}: {e.strerror or e}') from None
+        raise SystemExit(f'error: {getattr(e, "filename", None) or run_dir or "the run folder"}: '
+                         f'{describe_os_error(e)}') from None
+    runtime.finish()
     if rank == 0:
         print(f'done in {time.time() - t_start:.0f} s: {args.dataset} test acc@1 {100 * m["acc@1"]:.2f}%  '
               f'acc@10 {100 * m["acc@10"]:.2f}%  (chance acc@1 {100 / len(test.gallery):.2f}%; '

@@ -1,11 +1,14 @@
 """The table of methods: every row of the paper's Tables 1-2 that this repository trains, the
 class that implements it, and the option defaults that go with it. `--method NAME` picks a row;
 `build_model(args)` builds it. Adding a method = a class (model.py's interface) and a row here.
+Defaults marked 'paper' are the paper's for that row (docs/method.md, section 7).
 """
 from dataclasses import dataclass, field
 
-from baselines import Siamese
+from baselines import AttentionEmbedding, GatedSiamese, GlobalEmbedding, GraphHierarchy, RasterVectorSketch, VectorSketch
 from model import CrossModalHierarchy
+
+SIAMESE = dict(dim=64, margin=0.3)    # paper: fc to 64, margin 0.3 (B-Siamese, the vector-sketch variants)
 
 
 @dataclass(frozen=True)
@@ -14,7 +17,7 @@ class Method:
     cls: type                        # a model.RetrievalModel with from_options(args)
     label: str                       # the paper's row name
     help: str
-    defaults: dict = field(default_factory=dict)   # option defaults of this method (over the backbone's)
+    defaults: dict = field(default_factory=dict)   # option defaults of this row (over the backbone's)
 
 
 METHODS = {m.name: m for m in (
@@ -22,11 +25,25 @@ METHODS = {m.name: m for m in (
            'region features, co-attention and hierarchical node fusion, repeated (the paper)'),
     Method('localised_coattn', CrossModalHierarchy, 'B-Localised-Coattn',
            'one co-attention round, max-pool, L2 (= the w/o Hierarchy ablation)'),
-    Method('no_coattn', CrossModalHierarchy, 'w/o Localised-Coattn',
-           'node fusion without co-attention'),
-    Method('siamese', Siamese, 'B-Siamese',
-           'whole sketch and photo through one backbone, global pool, L2, fc to --dim, L2',
-           dict(dim=64, margin=0.3)),
+    Method('no_coattn', CrossModalHierarchy, 'w/o Localised-Coattn', 'node fusion without co-attention'),
+    Method('graph_hierarchy', GraphHierarchy, 'B-Graph-Hierarchy',
+           'co-attention and soft DiffPool clustering of the nodes, level by level'),
+    Method('siamese', GlobalEmbedding, 'B-Siamese',
+           'whole sketch and photo through one backbone, global pool, fc, L2', SIAMESE),
+    Method('gated_siamese', GatedSiamese, 'B-Gated-Siamese',
+           'Siamese with a matching gate between the two feature maps (pair-dependent)', SIAMESE),
+    Method('sketchbert', VectorSketch, 'SketchBERT-Variant',
+           'a Transformer over the (x, y, pen) sketch; photos as B-Siamese', SIAMESE),
+    Method('sketchformer', RasterVectorSketch, 'SketchFormer-Variant',
+           'the Transformer joined with the raster sketch\'s features; photos as B-Siamese', SIAMESE),
+    Method('triplet_sn', GlobalEmbedding, 'Triplet-SN',
+           'Sketch-a-Net branches on sketches and edge-map photos, triplet loss (Yu et al. 2016)',
+           dict(backbone='sketch_a_net', photo_input='edges')),
+    Method('triplet_attn_sn', AttentionEmbedding, 'Triplet-Attn-SN',
+           'Triplet-SN with spatial attention and a shortcut (Song et al. 2017); triplet loss, not HOLEF',
+           dict(backbone='sketch_a_net', photo_input='edges')),
+    Method('swire', GlobalEmbedding, 'SWIRE',
+           'a backbone per modality, global pool, fc, L2 (Huang et al. 2019)', dict(separate_backbones=True)),
 )}
 
 

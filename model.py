@@ -54,10 +54,10 @@ def split(features, sizes):
 
 def batch_inputs(batch, key, device):
     """The inputs of one image set of a collated batch ('sketch', 'positive', 'photo', ...):
-    image [B, 3, S, S], boxes [B, N, 4], mask bool [B, N], and points [B, L, 3] + points_mask
-    [B, L] where the batch has them."""
-    names = {'image': key, 'boxes': f'{key}_boxes', 'mask': f'{key}_mask',
-             'points': f'{key}_points', 'points_mask': f'{key}_points_mask'}
+    image [B, 3, S, S], boxes [B, N, 4], mask bool [B, N], and where the batch has them points
+    [B, L, 3] + points_mask [B, L] (vector sketches) and plan [B, N - 1, 2] (GUI tree merges)."""
+    names = {'image': key, 'boxes': f'{key}_boxes', 'mask': f'{key}_mask', 'points': f'{key}_points',
+             'points_mask': f'{key}_points_mask', 'plan': f'{key}_plan', 'plan_mask': f'{key}_plan_mask'}
     return {k: batch[v].to(device, non_blocking=True) for k, v in names.items() if v in batch}
 
 
@@ -195,7 +195,8 @@ class CrossModalHierarchy(RetrievalModel):
     optionally a pair-independent first-stage branch (global max-pool, linear, L2) trained
     beside it for two-stage retrieval.
 
-    Features: {'nodes': [B, N, D], 'mask': bool [B, N]} (+ 'global': [B, E] with the branch)."""
+    Features: {'nodes': [B, N, D], 'mask': bool [B, N]} (+ 'global': [B, E] with the branch, and
+    'plan': long [B, N - 1, 2] for GUI photos with --hierarchy explicit)."""
 
     def __init__(self, sketch_encoder, photo_encoder, head, first_stage_dim=0):
         super().__init__()
@@ -228,11 +229,14 @@ class CrossModalHierarchy(RetrievalModel):
             if self.first_stage_proj is not None:
                 f['global'] = nn.functional.normalize(self.first_stage_proj(pooled), dim=1)
             for i, part in zip(idx, split(f, [len(parts[i][1]['image']) for i in idx])):
+                if 'plan' in parts[i][1]:       # GUI photos' tree merges (--hierarchy explicit)
+                    part['plan'] = parts[i][1]['plan']
                 out[i] = part
         return out
 
     def distances(self, s, p, qi, gi):
-        s_out, p_out = self.head(s['nodes'][qi], s['mask'][qi], p['nodes'][gi], p['mask'][gi])
+        plan = {'p_plan': p['plan'][gi]} if 'plan' in p else {}
+        s_out, p_out = self.head(s['nodes'][qi], s['mask'][qi], p['nodes'][gi], p['mask'][gi], **plan)
         return pair_distance(s_out, p_out)
 
     def first_stage(self, features):

@@ -25,6 +25,7 @@ from sketch import DETAIL_FRACTION, SketchStyle
 # The paper trains 200 epochs; the embedded datasets get a budget that `python main.py` (light
 # backbone, 2-core CPU) finishes in under 10 minutes.
 DATASET_EPOCHS = {'Synthetic': 3, 'SyntheticGUI': 3}
+DEFAULT_BACKBONE = 'resnet18_light'
 PAPER_EPOCHS = 200
 
 
@@ -113,13 +114,17 @@ def model_part():
     m = p.add_argument_group('model')
     m.add_argument('--method', default='hierarchy', choices=list(methods.METHODS),
                    help='; '.join(f'{k}: {v.label}, {v.help}' for k, v in methods.METHODS.items()))
-    m.add_argument('--backbone', default='resnet18_light', choices=list(backbones.BACKBONES),
-                   help='vgg16 is the paper\'s; the others are listed in backbones.py')
+    m.add_argument('--backbone', default=None, choices=list(backbones.BACKBONES),
+                   help=f'vgg16 is the paper\'s; the others are listed in backbones.py (default: the '
+                        f'method\'s, else {DEFAULT_BACKBONE})')
     m.add_argument('--feature_layer', default=None,
                    help='which feature map of the backbone the regions are pooled from, e.g. '
                         'stride16 | stride32 | head (backbones.py); default: the backbone\'s')
     m.add_argument('--pretrained', default=None,
                    help='imagenet | none | PATH to a local weights file; default: the backbone\'s')
+    m.add_argument('--hierarchy', default='learned', choices=('learned', 'explicit'),
+                   help='learned: the paper\'s node fusion; explicit: GUI photos (SWIRE layout) fuse along '
+                        'their view-hierarchy tree instead (Table 2\'s Explicit Hierarchy), sketches as learned')
     m.add_argument('--variant', default='paper', choices=list(VARIANTS),
                    help='paper: learned gate, projected compatibility, ReLU merge per branch; '
                         'released: the authors\' pre-Sep-2020 code (product gate, dot '
@@ -140,6 +145,8 @@ def model_part():
                         'the authors\' code')
     m.add_argument('--separate_backbones', action=argparse.BooleanOptionalAction, default=None,
                    help='give sketch and photo their own backbone (default: one shared backbone)')
+    m.add_argument('--seq_dim', type=positive_int, default=768,
+                   help='width of the vector-sketch Transformer (sketchbert, sketchformer; 768 in the paper)')
     m.add_argument('--first_stage_dim', type=nonneg_int, default=None,
                    help='size of the pair-independent first-stage embedding trained beside the '
                         'pairwise head for two-stage retrieval (--rerank); 0 = none')
@@ -254,9 +261,10 @@ def resolve(args):
     """Fill the options left unset (None) from the backbone's row, then the method's; the epochs
     from the dataset. Options a program does not have are left alone."""
     if hasattr(args, 'backbone'):
+        method = methods.METHODS[args.method].defaults
+        args.backbone = args.backbone or method.get('backbone', DEFAULT_BACKBONE)
         b = backbones.BACKBONES[args.backbone]
-        fill = {'feature_layer': b.default_layer, 'margin': 0.2, 'first_stage_dim': 0,
-                **b.defaults, **methods.METHODS[args.method].defaults}
+        fill = {'feature_layer': b.default_layer, 'margin': 0.2, 'first_stage_dim': 0, **b.defaults, **method}
         for key, value in fill.items():
             if getattr(args, key, None) is None:
                 setattr(args, key, value)
@@ -270,11 +278,14 @@ def resolve(args):
     return args
 
 
-def data_config(args, points=False):
-    """The data layer's frozen config from the options (points: the method reads vector sketches)."""
+def data_config(args):
+    """The data layer's frozen config from the options: what the method reads (vector sketches,
+    GUI trees) follows from --method and --hierarchy."""
     generate = (('seed', args.synthetic_seed), *sorted(dict(args.synthetic_size or []).items()))
     style = SketchStyle(args.sketch_detail, args.line_width, args.merge_gap, args.max_sketch_nodes)
+    method = getattr(args, 'method', None)
     return DataConfig(dataset=args.dataset, root=args.data_root, num_regions=args.num_regions,
                       image_size=args.image_size, photo_input=args.photo_input or 'rgb',
-                      flip_prob=args.flip_prob, style=style, points=points, cache=args.image_cache,
-                      generate=generate)
+                      flip_prob=args.flip_prob, style=style, cache=args.image_cache, generate=generate,
+                      points=bool(method) and methods.METHODS[method].cls.needs_points,
+                      plans=getattr(args, 'hierarchy', 'learned') == 'explicit')

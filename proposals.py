@@ -127,8 +127,10 @@ class BoxCache:
         recomputed and the cache rewritten."""
         photos = self.read()
         stamps = {n: self.stamp(p) for n, p in photo_paths.items()}
-        stale = {n: p for n, p in photo_paths.items()
-                 if n not in photos or {k: photos[n].get(k) for k in stamps[n]} != stamps[n]}
+
+        def valid(entry, stamp):    # anything else (an edited file, another version) is recomputed
+            return isinstance(entry, dict) and 'boxes' in entry and {k: entry.get(k) for k in stamp} == stamp
+        stale = {n: p for n, p in photo_paths.items() if not valid(photos.get(n), stamps[n])}
         if stale:
             for name, boxes in search_all(stale, f'selective search -> {self.path.name}').items():
                 photos[name] = {**stamps[name], 'boxes': boxes}

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 import retrieval
 import runtime
-from checkpoint import save_checkpoint
+from checkpoint import CheckpointError, load_model_state, save_checkpoint
 from dataset import collate
 from model import batch_inputs, modality
 
@@ -120,9 +120,12 @@ class Trainer:
         self.test, self.run_dir, self.device = test, run_dir, device
         self.rank, self.world = runtime.world()
         self.sampler = EpochSampler(len(train_set), args.batch_size, args.seed, self.rank, self.world)
+        # Its own generator: a loader drawing its base seed from the global one at each epoch would
+        # shift the Gumbel noise of a run resumed mid-epoch.
         self.loader = DataLoader(train_set, batch_size=args.batch_size // self.world, sampler=self.sampler,
                                  drop_last=True, collate_fn=collate, num_workers=args.workers,
-                                 persistent_workers=args.workers > 0)
+                                 persistent_workers=args.workers > 0,
+                                 generator=torch.Generator().manual_seed(args.seed))
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.total_steps = args.max_steps or args.epochs * self.steps_per_epoch
         self.eval_every = args.eval_every or self.steps_per_epoch
@@ -132,20 +135,25 @@ class Trainer:
         self.shown = retrieval.figure_queries(len(test.queries), args.figure_queries)
 
     def restore(self, state):
-        self.model.load_state_dict(state['model'])
-        self.optimizer.load_state_dict(state['optimizer'])
-        self.step, self.best = int(state['step']), float(state['best_acc1'])
-        self.last_metrics = state.get('metrics')
-        runtime.set_rng_state(state['rng'])
+        load_model_state(self.model, state, self.args.resume, self.args)
+        try:
+            self.optimizer.load_state_dict(state['optimizer'])
+            self.step, self.best = int(state['step']), float(state['best_acc1'])
+            self.last_metrics = state.get('metrics')
+            runtime.restore_rng(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f'{self.args.resume}: cannot resume from it, its training state is '
+                                  f'incomplete or foreign ({type(e).__name__}: {e})') from None
 
-    def checkpoint(self, file):
+    def checkpoint(self, file, rng):
         save_checkpoint(self.run_dir / file, args=vars(self.args), model=self.model.state_dict(),
                         optimizer=self.optimizer.state_dict(), step=self.step, best_acc1=self.best,
-                        metrics=self.last_metrics, rng=runtime.rng_state())
+                        metrics=self.last_metrics, rng=rng[0], rng_ranks=rng)
 
     def evaluate(self):
         t0 = time.time()
         a = self.args
+        runtime.broadcast_buffers(self.model)     # every process evaluates rank 0's model
         with autocast(self.device, a.amp):
             metrics, dist_, targets, ranks = retrieval.evaluate(
                 self.model, self.test, self.device, a.eval_batch_size, a.workers, a.pair_chunk, a.rerank,
@@ -155,10 +163,15 @@ class Trainer:
                                   f'{self.step} (learning rate {learning_rate(a, self.step - 1, self.total_steps):g}); '
                                   f'training stopped, the checkpoints in {self.run_dir} are those of the last '
                                   f'good evaluation (try a smaller --lr)')
-        if self.rank != 0:
-            return
+        finite = all(bool(torch.isfinite(v).all()) for v in self.model.state_dict().values() if v.is_floating_point())
+        if not all_finite(0.0 if finite else math.inf, self.device):
+            raise TrainingStopped(f'non-finite weights after step {self.step}; training stopped, the '
+                                  f'checkpoints in {self.run_dir} are those of the last good evaluation')
+        rng = runtime.rng_states()
         self.last_metrics = dict(metrics, step=self.step, epoch=self.step / self.steps_per_epoch,
                                  eval_seconds=time.time() - t0)
+        if self.rank != 0:
+            return
         for k in ('acc@1', 'acc@10', 'mean_rank'):
             self.writer.add_scalar(f'test/{k}', metrics[k], self.step)
         fig = retrieval.retrieval_figure(self.test, dist_, targets, ranks, self.shown)
@@ -170,11 +183,11 @@ class Trainer:
                    f'mean rank {metrics["mean_rank"]:.2f}  ({self.last_metrics["eval_seconds"]:.0f} s)')
         if metrics['acc@1'] > self.best:
             self.best = metrics['acc@1']
-            self.checkpoint('best.pth')
-        self.checkpoint('last.pth')
+            self.checkpoint('best.pth', rng)
+        self.checkpoint('last.pth', rng)
 
     def run(self):
-        """Train to total_steps. Returns the last evaluation's metrics (rank 0; None elsewhere)."""
+        """Train to total_steps. Returns the last evaluation's metrics (on every process)."""
         if self.rank == 0:
             self.writer = SummaryWriter(self.run_dir / 'tb', purge_step=self.step or None)
         bar = tqdm(total=self.total_steps, initial=self.step, desc='train', unit='step', dynamic_ncols=True,

@@ -20,7 +20,7 @@ import runtime  # noqa: E402
 import train  # noqa: E402
 from dataset import build_datasets, collate  # noqa: E402
 from losses import TripletLoss  # noqa: E402
-from methods import METHODS, build_model  # noqa: E402
+from methods import build_model  # noqa: E402
 
 
 def load_batches(train_set, args, steps):
@@ -40,7 +40,7 @@ def run(argv, steps=4):
     args = options.parse_args('main', argv)
     device = runtime.resolve_device(args.device)
     runtime.seed_everything(args.seed)
-    train_set, _ = build_datasets(options.data_config(args, METHODS[args.method].cls.needs_points))
+    train_set, _ = build_datasets(options.data_config(args))
     batches, cold = load_batches(train_set, args, steps + 1)
     _, warm = load_batches(train_set, args, steps + 1)
     model = build_model(args).to(device).train()

@@ -1,0 +1,277 @@
+"""The paper's tables from one command each, our figures beside the paper's.
+
+    python tables.py table1 --dataset ChairV2 --data_root DATA [training options for every row]
+    python tables.py table2 --dataset ChairV2 --data_root DATA ...
+    python tables.py kregions --dataset ChairV2 --data_root DATA ...
+    python tables.py coarse_figure --dataset ChairV2 --data_root DATA ...
+
+Every row is a main.py run with the options typed here (budget, backbone, pretrained, seed, ...)
+plus the row's own (method, flags, k), applied equally to every row. Runs live in
+--out/runs/<row>-<hash of the options>: a finished run is reused, an interrupted one resumed, so
+re-running a table command only trains what is missing. Each table is written as Markdown
+(<table>.md, the paper's shape, the paper's numbers beside ours) and JSON (<table>.json) into --out.
+Reported figures are the last evaluation of each run (not the best one: no choice on the test set).
+"""
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import options
+import retrieval
+import runtime
+from dataset import build_datasets
+from evaluate import load_model
+from main import main as train_run
+from methods import METHODS
+
+# The paper's numbers (arXiv 2007.15103, Tables 1-3 and the k-regions study).
+PAPER_TABLE1 = {   # acc@1 / acc@10 (%): ChairV2, ShoeV2, SWIRE
+    'Triplet-SN': ((45.65, 84.24), (28.71, 71.56), None),
+    'Triplet-Attn-SN': ((56.54, 88.15), (31.74, 74.78), None),
+    'SWIRE': (None, None, (15.90, 60.90)),
+    'B-Siamese': ((49.54, 85.98), (30.96, 72.54), (54.21, 82.15)),
+    'B-Gated-Siamese': ((53.08, 86.34), (32.65, 74.24), (62.12, 85.65)),
+    'B-Localised-Coattn': ((55.24, 88.21), (33.21, 77.83), (65.48, 88.65)),
+    'B-Graph-Hierarchy': ((58.22, 89.97), (34.05, 79.54), (66.18, 89.32)),
+    'SketchBERT-Variant': ((13.54, 54.78), (8.15, 48.23), None),
+    'SketchFormer-Variant': ((32.54, 84.82), (26.21, 65.34), None),
+    'Proposed': ((62.45, 90.71), (36.27, 80.65), (67.23, 90.11)),
+}
+PAPER_TABLE2 = {   # acc@1 (%): ChairV2, ShoeV2, SWIRE
+    'Explicit Hierarchy': (None, None, 71.54), 'w/o Localised-Coattn': (51.85, 31.82, 60.32),
+    'w/o Hierarchy': (55.24, 33.21, 65.48), 'Sketch-coarse': (47.64, 31.83, 51.26),
+    'Sketch-coarse++': (42.33, 24.11, 45.33), 'Proposed': (62.45, 36.27, 67.23),
+}
+PAPER_TABLE3 = {   # acc@10 (%), ChairV2 / ShoeV2: B-Siamese, Proposed
+    'full': ((85.98, 72.54), (90.71, 80.65)), 'coarse': ((75.32, 62.68), (87.58, 77.23)),
+    'coarse++': ((65.31, 54.32), (85.64, 75.91)),
+}
+PAPER_KREGIONS = {8: (58.37, 0.16), 12: (60.92, 0.36), 16: (62.45, 0.67), 20: (62.46, 1.06)}   # ChairV2, GPU
+COLUMN = {'ChairV2': 0, 'ShoeV2': 1, 'SWIRE': 2}
+VECTOR_ONLY = {'sketchbert', 'sketchformer', 'triplet_sn', 'triplet_attn_sn'}   # QMUL rows of the paper
+TABLE1 = ['triplet_sn', 'triplet_attn_sn', 'swire', 'siamese', 'gated_siamese', 'localised_coattn',
+          'graph_hierarchy', 'sketchbert', 'sketchformer', 'hierarchy']
+
+
+# ----------------------------------------------------------------------------- runs
+class Runs:
+    """main.py runs of one table command: `base` argv (what the user typed) plus each row's own."""
+
+    def __init__(self, base, out):
+        self.base, self.folder = list(base), Path(out) / 'runs'
+
+    def path(self, name, row):
+        key = json.dumps(self.base + row)
+        return self.folder / f'{name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}'
+
+    def train(self, name, row):
+        """The run's final metrics and folder: reused when finished, resumed when interrupted."""
+        run = self.path(name, row)
+        done = run / 'done.json'
+        if done.is_file():
+            return json.loads(done.read_text()), run
+        if (run / 'last.pth').is_file():
+            metrics = train_run(['--resume', str(run)])
+        else:
+            metrics = train_run([*self.base, *row, '--output_dir', str(self.folder), '--run_name', run.name])
+        done.write_text(json.dumps(metrics, indent=1))
+        return metrics, run
+
+
+def applicable(method, dataset):
+    """Whether a Table 1 row exists for this dataset (the paper's '-' cells)."""
+    swire = dataset in ('SWIRE', 'SyntheticGUI')
+    if method == 'swire':
+        return swire
+    return not (swire and method in VECTOR_ONLY)
+
+
+def pct(x):
+    return '-' if x is None else f'{100 * x:.2f}'
+
+
+def paper_cell(values, dataset, k=None):
+    col = COLUMN.get(dataset)
+    v = None if col is None or values is None else values[col]
+    if v is None:
+        return '-'
+    return f'{v[0]:.2f} / {v[1]:.2f}' if k is None else f'{v:.2f}'
+
+
+def write(out, name, title, header, rows, data, notes=()):
+    """<out>/<name>.md (a Markdown table) and <out>/<name>.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f'# {title}', '', '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    lines += ['| ' + ' | '.join(str(c) for c in r) + ' |' for r in rows]
+    lines += ['', *notes]
+    (out / f'{name}.md').write_text('\n'.join(lines) + '\n')
+    (out / f'{name}.json').write_text(json.dumps(data, indent=1))
+    print('\n'.join(lines))
+
+
+# ----------------------------------------------------------------------------- tables
+def table1(a, base, runs):
+    rows, data = [], {}
+    for method in a.methods or TABLE1:
+        label = METHODS[method].label
+        if not applicable(method, a.dataset):
+            continue
+        m, run = runs.train(method, ['--method', method])
+        data[label] = dict(m, run=str(run))
+        rows.append([label, f'{pct(m["acc@1"])} / {pct(m["acc@10"])}', f'{m["mean_rank"]:.1f}',
+                     paper_cell(PAPER_TABLE1.get(label), a.dataset)])
+    write(Path(a.out), 'table1', f'Table 1 on {a.dataset}: acc@1 / acc@10 (%)',
+          ['method', 'ours', 'mean rank', f'paper ({a.dataset})'], rows, data, notes(a, base))
+
+
+def evaluate_at(run, detail, device, rerank=None):
+    """Metrics of a run's last.pth at a sketch detail level (and the scores, for figures)."""
+    overrides = {'sketch_detail': detail}
+    if rerank is not None:
+        overrides['rerank'] = rerank
+    model, args, _, _ = load_model(run / 'last.pth', overrides, device)
+    _, test = build_datasets(options.data_config(args))
+    metrics, scores, targets, ranks = retrieval.evaluate(model, test, device, args.eval_batch_size, args.workers,
+                                                         args.pair_chunk, args.rerank, progress=False)
+    return metrics, scores, targets, ranks, test
+
+
+def table2(a, base, runs):
+    device = runtime.resolve_device('auto')
+    rows, data = [], {}
+    proposed, proposed_run = runs.train('hierarchy', ['--method', 'hierarchy'])
+    siamese, siamese_run = runs.train('siamese', ['--method', 'siamese'])
+    entries = []
+    if a.dataset in ('SWIRE', 'SyntheticGUI'):
+        entries.append(('Explicit Hierarchy', runs.train('explicit', ['--method', 'hierarchy', '--hierarchy', 'explicit'])[0]))
+    entries += [('w/o Localised-Coattn', runs.train('no_coattn', ['--method', 'no_coattn'])[0]),
+                ('w/o Hierarchy', runs.train('localised_coattn', ['--method', 'localised_coattn'])[0])]
+    coarse = {'full': (siamese, proposed)}
+    for detail in ('coarse', 'coarse++'):
+        coarse[detail] = tuple(evaluate_at(r, detail, device)[0] for r in (siamese_run, proposed_run))
+        entries.append((f'Sketch-{detail}', coarse[detail][1]))
+    entries.append(('Proposed', proposed))
+    for label, m in entries:
+        data[label] = m
+        rows.append([label, pct(m['acc@1']), paper_cell(PAPER_TABLE2.get(label), a.dataset, k=1)])
+    write(Path(a.out), 'table2', f'Table 2 on {a.dataset}: acc@1 (%)', ['row', 'ours', f'paper ({a.dataset})'],
+          rows, data, notes(a, base))
+    col = {'ChairV2': 0, 'ShoeV2': 1}.get(a.dataset)
+    rows3 = [[d, pct(s['acc@10']), pct(p['acc@10']),
+              '-' if col is None else f'{PAPER_TABLE3[d][0][col]:.2f}', '-' if col is None else f'{PAPER_TABLE3[d][1][col]:.2f}']
+             for d, (s, p) in coarse.items()]
+    write(Path(a.out), 'table3', f'Coarse sketches on {a.dataset}: acc@10 (%)',
+          ['sketch', 'B-Siamese (ours)', 'Proposed (ours)', 'B-Siamese (paper)', 'Proposed (paper)'], rows3,
+          {d: {'siamese': s, 'proposed': p} for d, (s, p) in coarse.items()}, notes(a, base))
+
+
+def kregions(a, base, runs):
+    """acc@1 and measured seconds per query (the pairwise head over the whole gallery) at k photo
+    regions; trained at each k (--kregions_eval_only: one k = 16 model evaluated at each k)."""
+    device = runtime.resolve_device('auto')
+    rows, data = [], {}
+    trained = None if not a.kregions_eval_only else runs.train('hierarchy', ['--method', 'hierarchy'])[1]
+    for k in (8, 12, 16, 20):
+        run = trained or runs.train(f'hierarchy_k{k}', ['--method', 'hierarchy', '--num_regions', str(k)])[1]
+        model, args, _, _ = load_model(run / 'last.pth', {'num_regions': k, 'rerank': 0}, device)
+        _, test = build_datasets(options.data_config(args))
+        start = time.perf_counter()
+        m, *_ = retrieval.evaluate(model, test, device, args.eval_batch_size, args.workers, args.pair_chunk, 0,
+                                   progress=False)
+        per_query = (time.perf_counter() - start) / len(test.queries)
+        data[k] = dict(m, seconds_per_query=per_query, gallery=len(test.gallery))
+        rows.append([k, pct(m['acc@1']), f'{per_query:.3f}', f'{PAPER_KREGIONS[k][0]:.2f}' if a.dataset == 'ChairV2' else '-',
+                     f'{PAPER_KREGIONS[k][1]:.2f}' if a.dataset == 'ChairV2' else '-'])
+    write(Path(a.out), 'kregions', f'Photo regions k on {a.dataset}: acc@1 (%) and seconds per query',
+          ['k', 'acc@1 (ours)', 's / query (ours, this machine)', 'acc@1 (paper)', 's / query (paper, GPU)'],
+          rows, data, notes(a, base) + [f'Seconds per query: the whole test evaluation (features and the pairwise '
+                                        f'head on every pair) divided by the queries, on {device}.'])
+    plot_kregions(Path(a.out) / 'kregions.png', data, a.dataset)
+
+
+def plot_kregions(path, data, dataset):
+    """A small PNG: acc@1 and seconds per query against k (PIL, no plotting dependency)."""
+    from PIL import Image, ImageDraw
+    W, H, pad = 520, 300, 50
+    img = Image.new('RGB', (W, H), 'white')
+    d = ImageDraw.Draw(img)
+    ks = sorted(data)
+    acc = [100 * data[k]['acc@1'] for k in ks]
+    sec = [data[k]['seconds_per_query'] for k in ks]
+
+    def xy(i, v, lo, hi):
+        return pad + i * (W - 2 * pad) / (len(ks) - 1), H - pad - (v - lo) / max(hi - lo, 1e-9) * (H - 2 * pad)
+    for series, colour, lo, hi in ((acc, (0, 90, 200), 0, 100), (sec, (200, 60, 0), 0, max(sec) * 1.2)):
+        pts = [xy(i, v, lo, hi) for i, v in enumerate(series)]
+        d.line(pts, fill=colour, width=3)
+        for (x, y), v in zip(pts, series):
+            d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
+            d.text((x + 6, y - 14), f'{v:.2f}' if v < 10 else f'{v:.1f}', fill=colour)
+    for i, k in enumerate(ks):
+        d.text((xy(i, 0, 0, 1)[0] - 6, H - pad + 8), f'k={k}', fill='black')
+    d.text((pad, 10), f'{dataset}: acc@1 % (blue, 0-100) and s / query (orange)', fill='black')
+    img.save(path)
+
+
+def coarse_figure(a, base, runs):
+    """The paper's coarse-sketch figure: for a few test sketches, rows at full, coarse and
+    coarse++ detail; the true photo's rank under B-Siamese beside the proposed model's, with
+    each model's top photos -> Images/coarse_<dataset>.png."""
+    device = runtime.resolve_device('auto')
+    runs_of = {'B-Siamese': runs.train('siamese', ['--method', 'siamese'])[1],
+               'Proposed': runs.train('hierarchy', ['--method', 'hierarchy'])[1]}
+    rows = []
+    results = {(name, d): evaluate_at(run, d, device) for name, run in runs_of.items()
+               for d in ('full', 'coarse', 'coarse++')}
+    test_full = results[('Proposed', 'full')][4]
+    for q in retrieval.figure_queries(len(test_full.queries), a.figure_sketches):
+        for d in ('full', 'coarse', 'coarse++'):
+            for name in runs_of:
+                _, scores, targets, ranks, test = results[(name, d)]
+                order = scores[q].argsort(stable=True).tolist()[:4]
+                target = int(targets[q])
+                rows.append(retrieval.retrieval_row(
+                    test.query_image(q), [test.gallery_image(g) for g in order], [f'#{i + 1}' for i in range(4)],
+                    {order.index(target)} if target in order else set(), tile=96,
+                    caption=f'{d}, {name}: true #{int(ranks[q])}'))
+    path = Path(a.figure or f'Images/coarse_{a.dataset}.png')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    retrieval.stack_rows(rows).save(path)
+    print(f'coarse-sketch figure: {path}')
+
+
+def notes(a, base):
+    gpu = f', {torch.cuda.get_device_name()}' if torch.cuda.is_available() else ', no GPU'
+    return [f'Command: `python tables.py {" ".join(a.argv)}`',
+            f'Every row ran main.py with `{" ".join(base)}` plus its own options; figures are the last '
+            f'evaluation of each run.', f'Machine: {torch.get_num_threads()} CPU threads{gpu}.']
+
+
+TABLES = {'table1': table1, 'table2': table2, 'kregions': kregions, 'coarse_figure': coarse_figure}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description='Reproduce a table of the paper; options not listed here are '
+                                            'passed to every row\'s main.py run (python main.py --help).')
+    p.add_argument('table', choices=list(TABLES))
+    p.add_argument('--out', default=None, help='folder for the tables and runs (default: tables/<dataset>)')
+    p.add_argument('--methods', nargs='+', choices=list(METHODS), help='table1: only these rows')
+    p.add_argument('--kregions_eval_only', action='store_true',
+                   help='kregions: evaluate one model trained at k = 16 at each k instead of training each')
+    p.add_argument('--figure_sketches', type=options.positive_int, default=3)
+    p.add_argument('--figure', default=None, help='coarse_figure: the PNG (default Images/coarse_<dataset>.png)')
+    a, base = p.parse_known_args(argv)
+    a.argv = argv
+    a.dataset = options.parse_args('main', base).dataset     # the row options are checked up front
+    a.out = a.out or f'tables/{a.dataset}'
+    TABLES[a.table](a, base, Runs(base, a.out))
+
+
+if __name__ == '__main__':
+    main()
