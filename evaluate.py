@@ -18,8 +18,9 @@ import runtime
 from backbones import PretrainedWeightsError
 from checkpoint import CheckpointError, load_checkpoint, load_model_state
 from dataset import build_datasets
-from files import DatasetError
+from files import DatasetError, WriteError, describe_os_error
 from methods import build_model
+from search import search
 
 
 def load_model(checkpoint, overrides, device):
@@ -37,13 +38,16 @@ def evaluate_split(model, args, state, path, device):
                                                        args.pair_chunk, args.rerank)
     metrics.update(queries=len(test.queries), gallery=len(test.gallery), sketch_detail=args.sketch_detail,
                    rerank=args.rerank, checkpoint=str(path), step=state.get('step'))
-    suffix = ('' if args.sketch_detail == 'full' else f'_{args.sketch_detail}') + (f'_rerank{args.rerank}' if args.rerank else '')
+    suffix = ('' if args.sketch_detail == 'full' else f'_{args.sketch_detail}')
+    suffix += f'_rerank{args.rerank}' if args.rerank else ''
     fig_path = path.with_name(f'retrieval_{path.stem}{suffix}.png')
     retrieval.retrieval_figure(test, dist, targets, ranks,
                                retrieval.figure_queries(len(test.queries), args.figure_queries)).save(fig_path)
     print(f'{args.dataset} test ({len(test.queries)} sketches, {len(test.gallery)} photos, sketch detail '
           f'{args.sketch_detail}{f", rerank {args.rerank}" if args.rerank else ""}): acc@1 '
           f'{100 * metrics["acc@1"]:.2f}%  acc@10 {100 * metrics["acc@10"]:.2f}%  mean rank {metrics["mean_rank"]:.2f}')
+    if metrics['nonfinite']:
+        print(f'warning: {metrics["nonfinite"]} non-finite distances (a diverged model?); they rank last')
     print(f'retrieval figure: {fig_path}')
     (path.with_name(f'eval_{path.stem}{suffix}.json')).write_text(json.dumps(metrics, indent=1))
     return metrics
@@ -58,11 +62,12 @@ def main(argv=None):
     try:
         model, args, state, path = load_model(typed.checkpoint, overrides, device)
         if typed.query:
-            from search import search
             return search(model, args, path, typed.query, typed.gallery, typed.topk, device)
         return evaluate_split(model, args, state, path, device)
-    except (DatasetError, PretrainedWeightsError, CheckpointError) as e:
+    except (DatasetError, PretrainedWeightsError, CheckpointError, WriteError) as e:
         raise SystemExit(f'error: {e}') from None
+    except OSError as e:   # writing the figure or the metrics: full disk, read-only folder
+        raise SystemExit(f'error: {e.filename or typed.checkpoint}: {describe_os_error(e)}') from None
 
 
 if __name__ == '__main__':

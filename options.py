@@ -58,6 +58,13 @@ def size_item(text):
     return key, int(value)
 
 
+def run_name(text):
+    """A plain folder name: no path separators, not '.' or '..'."""
+    if not text or text in ('.', '..') or '/' in text or '\\' in text:
+        raise argparse.ArgumentTypeError(f'must be a plain folder name (no / or ..), got {text!r}')
+    return text
+
+
 def head_init(text):
     if text == 'default':
         raise argparse.ArgumentTypeError("'default' was renamed 'pytorch' (PyTorch's initialisation, "
@@ -177,7 +184,7 @@ def train_part():
     t.add_argument('--eval_every', type=positive_int, default=None,
                    help='evaluate every N steps (default: at the end of every epoch)')
     t.add_argument('--output_dir', default='runs', help='run folders are created in here')
-    t.add_argument('--run_name', default=None,
+    t.add_argument('--run_name', type=run_name, default=None,
                    help='run folder name (default: time stamp, dataset, backbone, method); an '
                         'existing folder is refused')
     t.add_argument('--resume', default=None, help='a run folder or a .pth checkpoint to continue from')

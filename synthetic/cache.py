@@ -13,6 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from files import read_pickle
 from layouts import BOX_PICKLE
 from sketch import CANVAS
 from synthetic.chairs import draw_vector_sketch, generate_chairs
@@ -119,8 +120,7 @@ def preview(folder, name, path, pairs=12, cols=4, per_family=2):
             chosen.append(m)
     cells = []
     if name == 'Synthetic':
-        with open(folder / 'Synthetic_Coordinate', 'rb') as f:
-            coords = pickle.load(f)
+        coords = read_pickle(folder / 'Synthetic_Coordinate')   # restricted: no code runs from it
         cw, ch = CANVAS, CANVAS
         for m in chosen:
             cells.append((Image.open(folder / 'photo' / f"{m['photo']}.png").convert('RGB'),
