@@ -91,6 +91,11 @@ class RetrievalModel(nn.Module):
         Returns [P], the squared distance of each pair (s[qi[k]], p[gi[k]])."""
         raise NotImplementedError
 
+    @property
+    def has_first_stage(self):
+        """Whether first_stage gives an embedding (two-stage retrieval is possible)."""
+        return False
+
     def first_stage(self, features):
         """A pair-independent embedding [B, E] for the first stage of two-stage retrieval, or None."""
         return None
@@ -135,6 +140,8 @@ class PairIndependentModel(RetrievalModel):
 
     def distances(self, s, p, qi, gi):
         return pair_distance(s['embedding'][qi], p['embedding'][gi])
+
+    has_first_stage = True
 
     def first_stage(self, features):
         return features['embedding']
@@ -238,6 +245,10 @@ class CrossModalHierarchy(RetrievalModel):
         plan = {'p_plan': p['plan'][gi]} if 'plan' in p else {}
         s_out, p_out = self.head(s['nodes'][qi], s['mask'][qi], p['nodes'][gi], p['mask'][gi], **plan)
         return pair_distance(s_out, p_out)
+
+    @property
+    def has_first_stage(self):
+        return self.first_stage_proj is not None
 
     def first_stage(self, features):
         return features.get('global')

@@ -46,7 +46,7 @@ def first_stage_order(model, s, p):
 def rank_scores(model, s, p, rerank=0, chunk=2048, progress=False):
     """[Q, G] scores whose order is the model's ranking: distances of the pairs the head scored;
     with rerank M, the first stage's order offset behind the head's top M."""
-    order = first_stage_order(model, s, p) if rerank and model.pairwise else None
+    order = first_stage_order(model, s, p) if rerank and model.pairwise and model.has_first_stage else None
     if order is None:
         return model.distance_matrix(s, p, chunk, progress=progress)
     q, g = order.shape

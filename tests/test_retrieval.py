@@ -15,6 +15,13 @@ from search import GalleryIndex, StaleIndexError
 from test_train import TINY
 
 
+def two_stage_model():
+    """A head-only model whose features already carry their first-stage embedding ('global')."""
+    model = CrossModalHierarchy(None, None, build_head('paper', dim=8, att_dim=4)).double().eval()
+    model.first_stage_proj = torch.nn.Identity()
+    return model
+
+
 def random_features(q, g, d=8, seed=0):
     gen = torch.Generator().manual_seed(seed)
     def side(n, width):
@@ -27,7 +34,7 @@ def random_features(q, g, d=8, seed=0):
 
 def test_two_stage_with_the_whole_gallery_is_the_full_ranking():
     torch.manual_seed(0)
-    model = CrossModalHierarchy(None, None, build_head('paper', dim=8, att_dim=4)).double().eval()
+    model = two_stage_model()
     s, p = random_features(7, 12)
     targets = torch.arange(7)
     full = rank_scores(model, s, p, rerank=0, chunk=5)
@@ -38,7 +45,7 @@ def test_two_stage_with_the_whole_gallery_is_the_full_ranking():
 
 def test_two_stage_reranks_only_the_first_stage_top_m():
     torch.manual_seed(0)
-    model = CrossModalHierarchy(None, None, build_head('paper', dim=8, att_dim=4)).double().eval()
+    model = two_stage_model()
     s, p = random_features(5, 10, seed=1)
     m = 3
     scores = rank_scores(model, s, p, rerank=m)
