@@ -337,6 +337,11 @@ BACKBONES = {b.name: b for b in (
 )}
 
 
+class FeatureExtractor(nn.Sequential):
+    """What build_backbone returns: a Sequential, typed so that the optimiser can tell the
+    (pretrained) backbone's parameters from the rest (train.make_optimizer)."""
+
+
 def _row(name):
     if name not in BACKBONES:
         raise ValueError(f'unknown backbone {name!r}; expected one of {sorted(BACKBONES)}')
@@ -402,4 +407,4 @@ def build_backbone(name, pretrained='none', layer=None):
     net = _load_classifier(b, pretrained)
     feature = b.layers[layer]
     modules = [net.get_submodule(m) for m in feature.modules]
-    return nn.Sequential(Normalize(b.mean, b.std), *modules), feature.channels
+    return FeatureExtractor(Normalize(b.mean, b.std), *modules), feature.channels

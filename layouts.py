@@ -160,7 +160,7 @@ def vector_record(points, name, photo, where, index, style):
         raise DatasetError(f'{where}: {e}') from None
     for r in repairs:
         index.repair(r, where)
-    nodes = len(sketch.select_strokes(sketch.split_strokes(clean), style.detail))
+    nodes = len(sketch.select_strokes(sketch.split_strokes(clean), style.detail)) + style.whole_box
     return SketchRecord(name, photo, nodes, points=clean)
 
 

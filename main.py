@@ -24,7 +24,7 @@ from dataset import build_datasets
 from files import DatasetError, describe_os_error
 from losses import TripletLoss
 from methods import build_model
-from train import Trainer, TrainingStopped
+from train import Trainer, TrainingStopped, make_optimizer
 
 
 def run_folder(args, resuming):
@@ -82,7 +82,7 @@ def main(argv=None):
         if rank == 0:
             runtime.barrier()
         model = build_model(args).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+        optimizer = make_optimizer(model, args)
         ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None) \
             if world > 1 else None
         trainer = Trainer(args, model, TripletLoss.from_options(args), optimizer, train_set, test, run_dir,

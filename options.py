@@ -89,6 +89,9 @@ def data_part():
                    help='photo regions k: the first k proposals of each photo (box 0 = whole image)')
     d.add_argument('--sketch_detail', default='full', choices=list(DETAIL_FRACTION),
                    help='drop fine sketch detail (the coarse-sketch study); see sketch.py')
+    d.add_argument('--sketch_whole_box', action='store_true',
+                   help='vector sketches get a whole-sketch node before their stroke nodes (ours; raster '
+                        'sketches always have one, the paper\'s vector sketches do not)')
     d.add_argument('--line_width', type=positive_int, default=3,
                    help='stroke width in pixels when rasterising vector sketches on the 256 canvas')
     d.add_argument('--image_size', type=positive_int, default=None,
@@ -167,6 +170,9 @@ def train_part():
                    help='triplets per optimiser step (over all processes with torchrun)')
     t.add_argument('--lr', type=positive_float, default=None,
                    help='Adam learning rate; default: the backbone\'s (1e-4 for vgg16, the paper)')
+    t.add_argument('--head_lr_mult', type=positive_float, default=1.0,
+                   help='learning rate of everything but the backbone (region projection, head, '
+                        'embeddings), as a multiple of --lr')
     t.add_argument('--lr_schedule', default='constant', choices=('constant', 'cosine'),
                    help='constant: --lr throughout (the paper); cosine: from --lr down to 0 over the run')
     t.add_argument('--negatives', default='sampled', choices=losses.NEGATIVES,
@@ -289,7 +295,8 @@ def data_config(args):
     """The data layer's frozen config from the options: what the method reads (vector sketches,
     GUI trees) follows from --method and --hierarchy."""
     generate = (('seed', args.synthetic_seed), *sorted(dict(args.synthetic_size or []).items()))
-    style = SketchStyle(args.sketch_detail, args.line_width, args.merge_gap, args.max_sketch_nodes)
+    style = SketchStyle(args.sketch_detail, args.line_width, args.merge_gap, args.max_sketch_nodes,
+                        getattr(args, 'sketch_whole_box', False))
     method = getattr(args, 'method', None)
     return DataConfig(dataset=args.dataset, root=args.data_root, num_regions=args.num_regions,
                       image_size=args.image_size, photo_input=args.photo_input or 'rgb',

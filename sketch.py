@@ -47,16 +47,23 @@ class SketchStyle:
     """How sketches become images and nodes, built once from the options and passed down.
 
     detail: 'full' | 'coarse' | 'coarse++' (the coarse-sketch study); line_width: stroke width of
-    vector sketches on the 256 canvas; merge_gap, max_nodes: ink grouping of raster sketches.
+    vector sketches on the 256 canvas; merge_gap, max_nodes: ink grouping of raster sketches;
+    whole_box: a whole-sketch node for vector sketches too (raster sketches always have one; the
+    paper's vector sketches do not).
     """
     detail: str = 'full'
     line_width: int = 3
     merge_gap: float = 0.01
     max_nodes: int = 16
+    whole_box: bool = False      # vector sketches: a node for the whole canvas before the strokes
 
     def vector(self, points):
-        """Cleaned (L, 3) points -> (PIL RGB image, boxes float32 (n_strokes_kept, 4))."""
-        return render_vector(points, self.detail, self.line_width)
+        """Cleaned (L, 3) points -> (PIL RGB image, boxes float32 (n, 4)): one box per stroke kept,
+        after the whole canvas's with whole_box."""
+        img, boxes = render_vector(points, self.detail, self.line_width)
+        if self.whole_box:
+            boxes = np.concatenate([np.array([[0, 0, CANVAS, CANVAS]], dtype=np.float32), boxes])
+        return img, boxes
 
     def raster(self, img):
         """Raster sketch -> (PIL RGB dark ink on white, boxes float32 (n, 4), info); see raster_nodes."""

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 import retrieval
 import runtime
+from backbones import FeatureExtractor
 from checkpoint import CheckpointError, load_model_state, save_checkpoint
 from dataset import collate
 from model import batch_inputs, modality
@@ -68,6 +69,15 @@ def learning_rate(args, step, total_steps):
     if args.lr_schedule == 'cosine':
         return args.lr * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
     return args.lr
+
+
+def make_optimizer(model, args):
+    """Adam over two parameter groups: the backbones' (backbones.FeatureExtractor) at --lr and the
+    rest (region projection, head, embeddings) at --lr x --head_lr_mult. learning_rate scales both."""
+    inner = {id(p) for m in model.modules() if isinstance(m, FeatureExtractor) for p in m.parameters()}
+    groups = [{'params': [p for p in model.parameters() if id(p) in inner], 'lr_mult': 1.0},
+              {'params': [p for p in model.parameters() if id(p) not in inner], 'lr_mult': args.head_lr_mult}]
+    return torch.optim.Adam([g for g in groups if g['params']], lr=args.lr)
 
 
 def autocast(device, amp):
@@ -214,7 +224,7 @@ class Trainer:
     def _one_step(self, batch, bar, epoch):
         lr = learning_rate(self.args, self.step, self.total_steps)
         for group in self.optimizer.param_groups:
-            group['lr'] = lr
+            group['lr'] = lr * group.get('lr_mult', 1.0)
         try:
             loss = train_step(self.net, self.loss_fn, batch, self.optimizer, self.device,
                               self.args.aux_weight, self.args.amp, self.scaler)

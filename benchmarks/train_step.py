@@ -45,7 +45,7 @@ def run(argv, steps=4):
     _, warm = load_batches(train_set, args, steps + 1)
     model = build_model(args).to(device).train()
     loss_fn = TripletLoss.from_options(args)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    optimizer = train.make_optimizer(model, args)
 
     def step(batch):
         return train.train_step(model, loss_fn, batch, optimizer, device, args.aux_weight, args.amp)
