@@ -43,24 +43,26 @@ class PairHead(nn.Module):
         self.photo_fusion = photo_fusion
         self.gumbel = gumbel
 
-    def forward(self, s, s_mask, p, p_mask, return_rounds=False):
+    def forward(self, s, s_mask, p, p_mask, return_rounds=False, p_plan=None):
         """s: [B, Ns, D] sketch nodes, s_mask: bool [B, Ns] (True = real node, real nodes first,
-        at least one); p: [B, Np, D], p_mask: bool [B, Np] likewise.
+        at least one); p: [B, Np, D], p_mask: bool [B, Np] likewise. p_plan: long [B, Np - 1, 2],
+        the photo side's merges round by round instead of learned ones (the Explicit Hierarchy,
+        layouts.merge_plan; the general loop runs then).
         Returns (s_out [B, D], p_out [B, D]) and, with return_rounds, rounds: long [B]."""
         if self.sketch_fusion is None:
             s, p = self.coattention(s, s_mask, p, p_mask)
             out = (masked_max(s, s_mask), masked_max(p, p_mask))
             out = tuple(nn.functional.normalize(x, dim=1) for x in out)
             rounds = torch.ones(len(s), dtype=torch.long, device=s.device)
-        elif not self.training and not torch.is_grad_enabled():
+        elif not self.training and not torch.is_grad_enabled() and p_plan is None:
             out, rounds = self._loop_eval(s, s_mask, p, p_mask)
         else:
-            out, rounds = self._loop(s, s_mask, p, p_mask)
+            out, rounds = self._loop(s, s_mask, p, p_mask, p_plan)
         return (*out, rounds) if return_rounds else out
 
-    def _loop(self, s, s_mask, p, p_mask):
+    def _loop(self, s, s_mask, p, p_mask, p_plan=None):
         rounds = torch.zeros(len(s), dtype=torch.long, device=s.device)
-        while True:
+        for r in itertools.count():
             active = (s_mask.sum(1) > 1) | (p_mask.sum(1) > 1)
             if not active.any():
                 break
@@ -69,12 +71,15 @@ class PairHead(nn.Module):
             # depend on which other pairs are still active (tests replay it pair by pair).
             noise = [None, None] if not self.training else \
                 [self.gumbel((len(x), x.shape[1], x.shape[1]), x) for x in (s, p)]
+            # A side merges in every round until it is one node, so round r is its merge r.
+            forced = None if p_plan is None or r >= p_plan.shape[1] else p_plan[:, r]
             if active.all():
-                s, s_mask, p, p_mask = self._round(s, s_mask, p, p_mask, *noise)
+                s, s_mask, p, p_mask = self._round(s, s_mask, p, p_mask, *noise, forced)
             else:  # only the unfinished pairs do work
                 idx = active.nonzero()[:, 0]
                 sub = self._round(s[idx], s_mask[idx], p[idx], p_mask[idx],
-                                  *[None if z is None else z[idx] for z in noise])
+                                  *[None if z is None else z[idx] for z in noise],
+                                  None if forced is None else forced[idx])
                 s, s_mask, p, p_mask = (full.index_copy(0, idx, part)
                                         for full, part in zip((s, s_mask, p, p_mask), sub))
             ns, np_ = int(s_mask.sum(1).max()), int(p_mask.sum(1).max())
@@ -168,21 +173,22 @@ class PairHead(nn.Module):
         return (_EvalSide('s', self.sketch_fusion, carry[0], take),
                 _EvalSide('p', self.photo_fusion, carry[1], take))
 
-    def _round(self, s, s_mask, p, p_mask, s_noise, p_noise):
+    def _round(self, s, s_mask, p, p_mask, s_noise, p_noise, p_forced=None):
         if self.coattention is not None:
             s, p = self.coattention(s, s_mask, p, p_mask)
         s, s_mask = _fuse_where_needed(self.sketch_fusion, s, s_mask, s_noise)
-        p, p_mask = _fuse_where_needed(self.photo_fusion, p, p_mask, p_noise)
+        p, p_mask = _fuse_where_needed(self.photo_fusion, p, p_mask, p_noise, p_forced)
         return s, s_mask, p, p_mask
 
 
-def _fuse_where_needed(fusion, x, mask, noise):
+def _fuse_where_needed(fusion, x, mask, noise, forced=None):
     """One fusion level on the rows with more than one node; the width is kept."""
     need = mask.sum(1) > 1
     if not need.any():
         return x, mask
     idx = need.nonzero()[:, 0]
-    y, y_mask = fusion(x[idx], mask[idx], None if noise is None else noise[idx])
+    y, y_mask = fusion(x[idx], mask[idx], None if noise is None else noise[idx],
+                       None if forced is None else forced[idx])
     y = nn.functional.pad(y, (0, 0, 0, 1))
     y_mask = nn.functional.pad(y_mask, (0, 1))
     if len(idx) == len(x):

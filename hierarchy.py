@@ -62,14 +62,21 @@ class NodeFusion(nn.Module):
         y = x if self.proj is None else self.proj(x)
         return torch.bmm(y, y.transpose(1, 2))
 
-    def forward(self, x, mask, noise=None):
+    def forward(self, x, mask, noise=None, forced=None):
         """x: [B, N, D] nodes, mask: bool [B, N] real nodes first, every row with >= 2 of them.
         noise: [B, N, N] Gumbel noise added to C (training: straight-through Gumbel-softmax);
         None picks greedily (evaluation; ties go to the first pair in row-major order).
+        forced: long [B, 2], the pair (a < b) to merge instead of choosing (the Explicit
+        Hierarchy's tree merges; no gradient reaches the compatibility then).
         Returns (x' [B, N-1, D], mask' [B, N-1]): the other nodes in their old order, then x_ab."""
         b, n, d = x.shape
         counts = mask.sum(1)
         i, j = torch.triu_indices(n, n, 1, device=x.device)            # candidates, row-major
+        if forced is not None:      # candidate index of (a, b) in the row-major upper triangle
+            a, c = forced[:, 0], forced[:, 1]
+            k = a * n - a * (a + 1) // 2 + (c - a - 1)
+            choice = F.one_hot(k, len(i)).to(x.dtype)
+            return self._merge(x, mask, counts, choice, i, j)
         logits = self.compatibility(x)[:, i, j]                         # [B, K]
         logits = logits.masked_fill(j[None, :] >= counts[:, None], float('-inf'))
         if noise is None:
@@ -79,6 +86,11 @@ class NodeFusion(nn.Module):
             soft = torch.softmax(scores, dim=1)
             hard = F.one_hot(scores.argmax(1), len(i)).to(x.dtype)
             choice = hard - soft.detach() + soft                        # forward hard, backward soft
+        return self._merge(x, mask, counts, choice, i, j)
+
+    def _merge(self, x, mask, counts, choice, i, j):
+        """Merge the pair `choice` (one-hot [B, K] over the candidates (i, j)) of every row."""
+        b, n, d = x.shape
         # The chosen pair's vectors as choice-weighted sums, so the merge sees the gradient path.
         x_a = torch.einsum('bk,kn,bnd->bd', choice, F.one_hot(i, n).to(x.dtype), x)
         x_b = torch.einsum('bk,kn,bnd->bd', choice, F.one_hot(j, n).to(x.dtype), x)

@@ -29,6 +29,25 @@ def test_every_method_trains_and_evaluates(method, data_root, tmp_path):
     assert m['nonfinite'] == 0
 
 
+GUI = ['--dataset', 'SyntheticGUI', '--synthetic_size', 'screens=8', 'sketches_per_screen=2']
+
+
+@pytest.mark.parametrize('flags', [['--method', 'hierarchy', '--hierarchy', 'explicit'], ['--method', 'swire'],
+                                   ['--method', 'hierarchy', '--first_stage_dim', '8', '--rerank', '1'],
+                                   ['--method', 'hierarchy', '--sketch_whole_box', '--head_lr_mult', '10']])
+def test_flags_train_and_evaluate(flags, data_root, tmp_path):
+    tiny = [a for a in TINY if a not in ('--synthetic_size', 'train_photos=4', 'test_photos=3', 'sketches_per_photo=2')]
+    data = GUI + tiny if '--method' in flags and flags[1] == 'swire' or 'explicit' in flags else TINY
+    m = main.main(['--data_root', str(data_root), *data, '--output_dir', str(tmp_path), '--max_steps', '2', *flags])
+    assert math.isfinite(m['acc@1']) and m['nonfinite'] == 0
+
+
+def test_vector_methods_refuse_raster_sketches(data_root, tmp_path):
+    tiny = [a for a in TINY if a not in ('--synthetic_size', 'train_photos=4', 'test_photos=3', 'sketches_per_photo=2')]
+    with pytest.raises(SystemExit, match='vector sketches'):
+        main.main(['--data_root', str(data_root), *GUI, *tiny, '--output_dir', str(tmp_path), '--method', 'sketchbert'])
+
+
 def test_spatial_attention_is_a_shortcut_around_a_mean_one_mask():
     att = SpatialAttention(4, hidden=3)
     f = torch.rand(2, 4, 5, 6)
@@ -69,3 +88,51 @@ def test_stroke_transformer_ignores_padded_points():
         out = t(pts, mask)
         alone = t(pts[1:, :4], mask[1:, :4])
     torch.testing.assert_close(out[1:], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_forced_fusion_merges_the_given_pair():
+    from hierarchy import NodeFusion, merge_layer
+    fusion = NodeFusion(merge_layer(4, relu=False), dim=4, compatibility='dot').double()
+    x = torch.rand(2, 5, 4, dtype=torch.float64)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    y, m = fusion(x, mask, forced=torch.tensor([[1, 3], [0, 2]]))
+    torch.testing.assert_close(y[0], torch.stack([x[0, 0], x[0, 2], x[0, 4], (x[0, 1] + x[0, 3]) / 2]))
+    torch.testing.assert_close(y[1, :2], torch.stack([x[1, 1], (x[1, 0] + x[1, 2]) / 2]))
+    assert m.tolist() == [[True] * 4, [True, True, False, False]]
+
+
+def test_merge_plan_merges_leaves_into_their_parents():
+    from layouts import merge_plan
+    for parents in ([-1, 0, 0, 1, 1, 2], [-1, 0, 1, 2, 3], [-1, 0, 0, 0, 0], [-1, 0, 0, 1, 2, 2, 5, 5]):
+        ids, parent = list(range(len(parents))), dict(enumerate(parents))
+        for a, b in merge_plan(parents).tolist():
+            x, y = ids[a], ids[b]
+            child, up = (x, y) if parent[x] == y else (y, x)
+            assert parent[child] == up                                   # a tree edge ...
+            assert not any(parent[k] == child for k in ids if k not in (x, y))   # ... from a leaf
+            new = max(parent) + 1
+            parent[new] = parent[up]
+            parent.update({k: new for k in ids if parent[k] in (x, y)})
+            ids = [k for k in ids if k not in (x, y)] + [new]
+        assert len(ids) == 1
+
+
+def test_explicit_hierarchy_follows_the_plan():
+    # Without co-attention and with mean merges, the photo side's embedding is the plan applied
+    # to its nodes; the sketch side still chooses its own merges.
+    from head import PairHead
+    from hierarchy import NodeFusion, merge_layer
+    from layouts import merge_plan
+    parents = [-1, 0, 0, 1, 1, 2]
+    head = PairHead(None, NodeFusion(merge_layer(3, relu=False), dim=3, compatibility='dot'),
+                    NodeFusion(merge_layer(3, relu=False), dim=3, compatibility='dot')).double().eval()
+    x = torch.rand(6, 3, dtype=torch.float64)
+    plan = merge_plan(parents)
+    with torch.no_grad():
+        _, p_out = head(x[:2, None].transpose(0, 1), torch.ones(1, 2, dtype=torch.bool), x[None],
+                        torch.ones(1, 6, dtype=torch.bool), p_plan=torch.from_numpy(plan)[None])
+    nodes = list(x)
+    for a, b in plan.tolist():
+        merged = (nodes[a] + nodes[b]) / 2
+        nodes = [v for k, v in enumerate(nodes) if k not in (a, b)] + [merged]
+    torch.testing.assert_close(p_out[0], nodes[0])
