@@ -154,8 +154,11 @@ class SameConv2d(nn.Conv2d):
 
 
 def _conv_bn(cin, cout, kernel=1, stride=1, groups=1, relu6=True):
-    # TF's batch norm: epsilon 1e-3, moving-average decay 0.99 (= PyTorch momentum 0.01).
-    layers = [SameConv2d(cin, cout, kernel, stride, groups), nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)]
+    # TF's batch-norm epsilon 1e-3 (part of what the weights were trained with). Its moving-average
+    # decay 0.99 (PyTorch momentum 0.01) is not: it is a training setting, and fine-tuning on sketches
+    # and photos must move the running statistics far from ImageNet's in a few hundred steps, so
+    # PyTorch's 0.1, as torchvision's MobileNetV2 has (README, 'Backbones').
+    layers = [SameConv2d(cin, cout, kernel, stride, groups), nn.BatchNorm2d(cout, eps=1e-3, momentum=0.1)]
     return nn.Sequential(*layers, nn.ReLU6(inplace=True)) if relu6 else nn.Sequential(*layers)
 
 
