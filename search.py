@@ -7,7 +7,7 @@ SKETCH: a raster sketch image (dark on light or the reverse), a vector sketch .n
 x, y, pen on the 256 canvas, or a sketch key of the checkpoint's dataset. The gallery's features
 (region nodes and first-stage embeddings) are computed once and stored in PHOTO_DIR as a
 `GalleryIndex` (float16), tied to the checkpoint's bytes, the options that shape features and every
-photo's size and modification time: a stale index is refused and rebuilt, never used.
+photo's size and modification time: a stale or unreadable index is rebuilt, never used.
 """
 import hashlib
 from pathlib import Path
@@ -47,8 +47,16 @@ class GalleryIndex:
     @classmethod
     def load(cls, path, identity):
         """The index at path if it was built for `identity`; StaleIndexError otherwise."""
-        state = torch.load(path, map_location='cpu', weights_only=True)
-        if state.get('identity') != identity:
+        if not Path(path).exists():
+            raise FileNotFoundError(path)
+        try:
+            state = torch.load(path, map_location='cpu', weights_only=True)
+            ok = isinstance(state, dict) and {'identity', 'names', 'features'} <= set(state)
+        except Exception:   # truncated or foreign file: an index is a cache, so rebuild it
+            ok = False
+        if not ok:
+            raise StaleIndexError(f'{path} is not a readable gallery index')
+        if state['identity'] != identity:
             raise StaleIndexError(f'{path} was built for another checkpoint, other options or other photos')
         feats = {k: v.float() if v.is_floating_point() else v for k, v in state['features'].items()}
         return cls(list(state['names']), feats, identity)

@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from test_train import TINY
 
 import evaluate
 import main
@@ -12,7 +13,6 @@ from head import build_head
 from model import CrossModalHierarchy
 from retrieval import rank_scores, retrieval_metrics
 from search import GalleryIndex, StaleIndexError
-from test_train import TINY
 
 
 def two_stage_model():
@@ -95,14 +95,18 @@ def test_search_a_folder_builds_its_index_once_and_rebuilds_when_a_photo_changes
     os.utime(photo, ns=(photo.stat().st_atime_ns, photo.stat().st_mtime_ns + 10 ** 9))
     evaluate.main(argv)
     assert 'rebuilding' in capsys.readouterr().out
+    (gallery / '.fgsbir_gallery_index.pt').write_bytes(b'PK\x03\x04 truncated')   # a corrupt cache is rebuilt too
+    assert [n for n, _ in evaluate.main(argv)] == [n for n, _ in first]
+    assert 'not a readable gallery index; rebuilding' in capsys.readouterr().out
     assert (run / 'search_q.png').is_file()
 
 
 def test_search_by_dataset_key_ranks_the_test_gallery(trained, capsys):
     data, run = trained
-    from dataset import build_datasets
     import options
+    from dataset import build_datasets
     _, test = build_datasets(options.data_config(options.parse_args('main', ['--data_root', str(data), *TINY])))
     key = test.query_names[0]
-    ranked = evaluate.main(['--checkpoint', str(run / 'last.pth'), '--data_root', str(data), '--query', key, '--topk', '2'])
+    ranked = evaluate.main(['--checkpoint', str(run / 'last.pth'), '--data_root', str(data), '--query', key,
+                            '--topk', '2'])
     assert len(ranked) == 2 and all(name in test.gallery_names for name, _ in ranked)
