@@ -148,7 +148,8 @@ def table2(a, base, runs):
     siamese, siamese_run = runs.train('siamese', ['--method', 'siamese'])
     entries = []
     if a.dataset in ('SWIRE', 'SyntheticGUI'):
-        entries.append(('Explicit Hierarchy', runs.train('explicit', ['--method', 'hierarchy', '--hierarchy', 'explicit'])[0]))
+        explicit = runs.train('explicit', ['--method', 'hierarchy', '--hierarchy', 'explicit'])[0]
+        entries.append(('Explicit Hierarchy', explicit))
     entries += [('w/o Localised-Coattn', runs.train('no_coattn', ['--method', 'no_coattn'])[0]),
                 ('w/o Hierarchy', runs.train('localised_coattn', ['--method', 'localised_coattn'])[0])]
     coarse = {'full': (siamese, proposed)}
@@ -162,9 +163,9 @@ def table2(a, base, runs):
     write(Path(a.out), 'table2', f'Table 2 on {a.dataset}: acc@1 (%)', ['row', 'ours', f'paper ({a.dataset})'],
           rows, data, notes(a, base))
     col = {'ChairV2': 0, 'ShoeV2': 1}.get(a.dataset)
-    rows3 = [[d, pct(s['acc@10']), pct(p['acc@10']),
-              '-' if col is None else f'{PAPER_TABLE3[d][0][col]:.2f}', '-' if col is None else f'{PAPER_TABLE3[d][1][col]:.2f}']
-             for d, (s, p) in coarse.items()]
+    def paper3(d, i):
+        return '-' if col is None else f'{PAPER_TABLE3[d][i][col]:.2f}'
+    rows3 = [[d, pct(s['acc@10']), pct(p['acc@10']), paper3(d, 0), paper3(d, 1)] for d, (s, p) in coarse.items()]
     write(Path(a.out), 'table3', f'Coarse sketches on {a.dataset}: acc@10 (%)',
           ['sketch', 'B-Siamese (ours)', 'Proposed (ours)', 'B-Siamese (paper)', 'Proposed (paper)'], rows3,
           {d: {'siamese': s, 'proposed': p} for d, (s, p) in coarse.items()}, notes(a, base))
@@ -185,8 +186,8 @@ def kregions(a, base, runs):
                                    progress=False)
         per_query = (time.perf_counter() - start) / len(test.queries)
         data[k] = dict(m, seconds_per_query=per_query, gallery=len(test.gallery))
-        rows.append([k, pct(m['acc@1']), f'{per_query:.3f}', f'{PAPER_KREGIONS[k][0]:.2f}' if a.dataset == 'ChairV2' else '-',
-                     f'{PAPER_KREGIONS[k][1]:.2f}' if a.dataset == 'ChairV2' else '-'])
+        paper = [f'{v:.2f}' for v in PAPER_KREGIONS[k]] if a.dataset == 'ChairV2' else ['-', '-']
+        rows.append([k, pct(m['acc@1']), f'{per_query:.3f}', *paper])
     write(Path(a.out), 'kregions', f'Photo regions k on {a.dataset}: acc@1 (%) and seconds per query',
           ['k', 'acc@1 (ours)', 's / query (ours, this machine)', 'acc@1 (paper)', 's / query (paper, GPU)'],
           rows, data, notes(a, base) + [f'Seconds per query: the whole test evaluation (features and the pairwise '
