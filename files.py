@@ -2,8 +2,9 @@
 nothing written is ever left torn.
 
 - `DatasetError`: bad input; its message names the file and the problem.
-- `read_pickle`: the QMUL files are pickles; an unpickler restricted to builtin containers and
-  numpy arrays reads them, so a crafted file cannot run code (a plain `pickle.load` can).
+- `read_pickle`: the QMUL files are pickles; an unpickler restricted to containers, numbers,
+  strings and numpy arrays (SAFE_GLOBALS says which globals and why) reads them, so a crafted
+  file cannot run code (a plain `pickle.load` can).
 - `atomic_write`: write to a temporary file with a unique name beside the target, then rename;
   two writers never share a temporary file, and a failed write removes its own.
 - `image_size` / `open_image`: image headers and pixels with the file named on failure.

@@ -4,16 +4,15 @@
     python main.py --dataset ChairV2 --data_root DATA --backbone vgg16   # the paper's set-up
     torchrun --nproc_per_node=4 main.py --dataset ShoeV2 --data_root DATA --backbone vgg16
 
-A run folder (--output_dir/--run_name, never reused) receives args.json, metrics.jsonl, best.pth
-(by acc@1), last.pth, retrieval figures and TensorBoard logs (tb/). --resume RUN continues an
-interrupted run exactly.
+A run folder (--output_dir/--run_name; only --resume writes into an existing one) receives
+args.json, metrics.jsonl, best.pth (by acc@1), last.pth, retrieval figures and TensorBoard logs
+(tb/). --resume RUN continues an interrupted run exactly.
 """
 import json
 import sys
 import time
 from pathlib import Path
 
-import torch
 from torch.nn.parallel import DistributedDataParallel
 
 import options

@@ -5,7 +5,14 @@ Defaults marked 'paper' are the paper's for that row (docs/method.md, section 7)
 """
 from dataclasses import dataclass, field
 
-from baselines import AttentionEmbedding, GatedSiamese, GlobalEmbedding, GraphHierarchy, RasterVectorSketch, VectorSketch
+from baselines import (
+    AttentionEmbedding,
+    GatedSiamese,
+    GlobalEmbedding,
+    GraphHierarchy,
+    RasterVectorSketch,
+    VectorSketch,
+)
 from model import CrossModalHierarchy
 
 SIAMESE = dict(dim=64, margin=0.3)    # paper: fc to 64, margin 0.3 (B-Siamese, the vector-sketch variants)

@@ -411,7 +411,8 @@ def run_evaluations(args, device, which):
                 for name, rev in versions:
                     best = None
                     for _ in range(args.eval_repeat):
-                        r = evaluation(name, variant, dim, args.att_dim, counts_, photos, k, device, args.eval_chunk, rev)
+                        r = evaluation(name, variant, dim, args.att_dim, counts_, photos, k, device,
+                                       args.eval_chunk, rev)
                         best = r if best is None or r['seconds'] < best['seconds'] else best
                     if 'cuda_peak_mb' in best:
                         mem = f'peak +{best["cuda_peak_mb"]:.0f} MiB CUDA'
@@ -484,7 +485,8 @@ def main(argv=None):
     ap.add_argument('--single_pairs', type=int, default=8, help='pairs timed one at a time (head, B=1)')
     ap.add_argument('--ref_pairs', type=int, default=2, help='pairs through the tests\' per-pair reference (0: skip)')
     ap.add_argument('--chunk_sizes', type=int, nargs='+', default=[64, 128, 256, 512, 1024])
-    ap.add_argument('--eval_chunk', type=int, default=2048, help='pairs a call in the evaluations (evaluate.py --pair_chunk)')
+    ap.add_argument('--eval_chunk', type=int, default=2048,
+                    help='pairs a call in the evaluations (evaluate.py --pair_chunk)')
     ap.add_argument('--strokes', default='chair', help="sketch nodes of the chair / kregions queries: 'chair' "
                     "(ChairV2's test-split stroke counts) or a fixed number")
     ap.add_argument('--gallery_queries', type=int, default=20)

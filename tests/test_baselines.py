@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
+from test_train import TINY
 
 import main
 from baselines import DiffPool, GatedSiamese, SpatialAttention, StrokeTransformer
 from methods import METHODS
-from test_train import TINY
 
 
 @pytest.fixture(scope='module')

@@ -98,7 +98,8 @@ def test_collate_pads_boxes_and_masks():
 # ----------------------------------------------------------------------------- QMUL layout
 def boxes_inside(boxes, size):
     return bool((boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all() and (boxes[:, 2] <= size).all()
-                and (boxes[:, 3] <= size).all() and (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all())
+                and (boxes[:, 3] <= size).all() and (boxes[:, 2] > boxes[:, 0]).all()
+                and (boxes[:, 3] > boxes[:, 1]).all())
 
 
 def test_qmul_loader(qmul_root):

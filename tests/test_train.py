@@ -107,10 +107,12 @@ def test_train_step_loss_matches_explicit_triplets(data_root, negatives, shared)
     loss = train.train_step(model, TripletLoss(args.margin, negatives), batch, opt, torch.device('cpu'))
 
     def dist(a, ka, b, kb):
+        def ones(n):
+            return torch.ones(1, n, dtype=torch.bool)
         with torch.no_grad():
-            s = model.sketch_encoder(a[ka][None], a[f'{ka}_boxes'][None], torch.ones(1, len(a[f'{ka}_boxes']), dtype=torch.bool))
-            p = model.photo_encoder(b[kb][None], b[f'{kb}_boxes'][None], torch.ones(1, len(b[f'{kb}_boxes']), dtype=torch.bool))
-            se, pe = model.head(s, torch.ones(s.shape[:2], dtype=torch.bool), p, torch.ones(p.shape[:2], dtype=torch.bool))
+            s = model.sketch_encoder(a[ka][None], a[f'{ka}_boxes'][None], ones(len(a[f'{ka}_boxes'])))
+            p = model.photo_encoder(b[kb][None], b[f'{kb}_boxes'][None], ones(len(b[f'{kb}_boxes'])))
+            se, pe = model.head(s, ones(s.shape[1]), p, ones(p.shape[1]))
         return (se - pe).pow(2).sum().item()
     terms = []
     for i, a in enumerate(items):
