@@ -101,10 +101,13 @@ def retrieval_row(query, photos, labels, green, tile=128, caption=''):
     """One row of a retrieval figure: the query then photos (PIL), labels under each, the photos
     whose positions are in `green` outlined."""
     pad, text_h = 6, 16
-    row = Image.new('RGB', ((len(photos) + 1) * (tile + pad) + pad, tile + text_h + 2 * pad), 'white')
+    width = (len(photos) + 1) * (tile + pad) + pad
+    # A caption wider than the sketch's tile gets a line of its own instead of overprinting the labels.
+    long = ImageDraw.Draw(Image.new('RGB', (1, 1))).textlength(caption) > tile
+    row = Image.new('RGB', (width, tile + text_h * (1 + long) + 2 * pad), 'white')
     draw = ImageDraw.Draw(row)
     row.paste(query.convert('RGB').resize((tile, tile)), (pad, pad))
-    draw.text((pad, tile + pad + 2), caption, fill='black')
+    draw.text((pad, tile + pad + 2 + text_h * long), caption, fill='black')
     for k, (photo, label) in enumerate(zip(photos, labels)):
         x = (k + 1) * (tile + pad) + pad
         row.paste(photo.convert('RGB').resize((tile, tile)), (x, pad))
