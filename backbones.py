@@ -286,7 +286,8 @@ def _no_imagenet(name):
 _INCEPTION_PARTS = ('Conv2d_1a_3x3', 'Conv2d_2a_3x3', 'Conv2d_2b_3x3', 'maxpool1', 'Conv2d_3b_1x1',
                     'Conv2d_4a_3x3', 'maxpool2', 'Mixed_5b', 'Mixed_5c', 'Mixed_5d', 'Mixed_6a',
                     'Mixed_6b', 'Mixed_6c', 'Mixed_6d', 'Mixed_6e', 'Mixed_7a', 'Mixed_7b', 'Mixed_7c')
-# The two ImageNet mobile backbones (each row gets its own copy). Measured on ChairV2 with MobileNetV2,
+# The two ImageNet mobile backbones (each row gets its own copy). Measured on ChairV2 with MobileNetV2
+# (the first two figures when these backbones were added),
 # 224 px, Adam 1e-4, 16 triplets (README, 'Real data on a CPU'): the proposed model on the stride-16
 # layer (96 channels) reached acc@1 4.3 % after 100 steps, on the last layer ('head', 1280 channels,
 # stride 32, like VGG-16's map in the paper) 15.8 %; a larger head learning rate (--head_lr_mult 10)
