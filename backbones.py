@@ -347,8 +347,52 @@ BACKBONES = {b.name: b for b in (
 
 
 class FeatureExtractor(nn.Sequential):
-    """What build_backbone returns: a Sequential, typed so that the optimiser can tell the
-    (pretrained) backbone's parameters from the rest (train.make_optimizer)."""
+    """What build_backbone returns: a Sequential (module 0 the input normalisation, then the
+    classifier's modules up to the feature layer), typed so that the optimiser can tell the
+    (pretrained) backbone's parameters from the rest (train.make_optimizer).
+
+    freeze(n): its first n stages (modules after the normalisation) stop training: no gradients,
+    batch norm in eval mode whatever train() says, so their output depends on the image alone.
+    forward(x, keys) then takes the frozen part's output from `cache` (feature_cache.FeatureCache,
+    attached by feature_cache.attach) when keys are given, and runs only the other stages."""
+    frozen = 0
+    cache = None
+
+    @property
+    def stages(self):
+        return len(self) - 1
+
+    def freeze(self, n):
+        if not 0 <= n <= self.stages:
+            raise ValueError(f'cannot freeze {n} stages of a backbone with {self.stages}')
+        self.frozen = n
+        for p in self.trunk().parameters():
+            p.requires_grad_(False)
+        self.train(self.training)
+        return self
+
+    def trunk(self):
+        """The frozen part: the normalisation and the first `frozen` stages."""
+        return self[:1 + self.frozen]
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.frozen:
+            self.trunk().eval()
+        return self
+
+    def forward(self, x, keys=None):
+        """x: [B, 3, H, W] RGB in [0, 1]; keys: B image keys (dataset.image_key) or None."""
+        if not self.frozen:
+            return super().forward(x)
+        if keys is not None and self.cache is not None:
+            y = self.cache.maps(keys, x, self.trunk())
+        else:
+            with torch.no_grad():
+                y = self.trunk()(x)
+        for m in self[1 + self.frozen:]:
+            y = m(y)
+        return y
 
 
 def _row(name):
@@ -402,12 +446,13 @@ def build_classifier(name, pretrained='none'):
     return nn.Sequential(Normalize(b.mean, b.std), _load_classifier(b, pretrained))
 
 
-def build_backbone(name, pretrained='none', layer=None):
+def build_backbone(name, pretrained='none', layer=None, freeze=0):
     """A fully convolutional feature extractor [B, 3, H, W] RGB in [0, 1] -> [B, C, h, w], and C.
 
     An nn.Sequential: module 0 applies the backbone's own input normalisation (so the data layer
     gives plain [0, 1] tensors), then the classifier's modules up to `layer`, one of the
-    backbone's named feature layers (None = its default). pretrained as in build_classifier.
+    backbone's named feature layers (None = its default). pretrained as in build_classifier;
+    freeze: how many of those modules (stages) do not train (FeatureExtractor.freeze).
     """
     b = _row(name)
     layer = b.default_layer if layer is None else layer
@@ -416,4 +461,4 @@ def build_backbone(name, pretrained='none', layer=None):
     net = _load_classifier(b, pretrained)
     feature = b.layers[layer]
     modules = [net.get_submodule(m) for m in feature.modules]
-    return FeatureExtractor(Normalize(b.mean, b.std), *modules), feature.channels
+    return FeatureExtractor(Normalize(b.mean, b.std), *modules).freeze(freeze), feature.channels

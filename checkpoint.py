@@ -17,7 +17,8 @@ from files import WriteError, atomic_write
 
 # The options that decide a model's parameters: a checkpoint loads only into the same values.
 MODEL_OPTIONS = ('method', 'backbone', 'feature_layer', 'variant', 'dim', 'att_dim', 'separate_backbones',
-                 'first_stage_dim', 'roi_size', 'node_norm')
+                 'first_stage_dim', 'roi_size', 'node_norm', 'node_act', 'merge', 'merge_act', 'selection',
+                 'readout', 'round_norm', 'level_merges', 'seq_dim')
 
 
 class CheckpointError(Exception):

@@ -5,12 +5,15 @@ validated `layouts.DataIndex` and one frozen `DataConfig`.
     python dataset.py --dataset ChairV2 --data_root DATA --summary    # validate, print counts
 
 Items are dicts of tensors: images RGB [3, S, S] in [0, 1], boxes [n, 4] in the tensor's pixels,
-and with `points` the vector sketch [L, 3] (x / 256, y / 256, pen). Decoding a photo, drawing a
+and with `points` the vector sketch [L, 3] (x / 256, y / 256, pen). Every image comes with a key,
+a digest of the exact pixels the network gets (flip included), under which a frozen backbone
+trunk's output can be cached (backbones.FeatureCache). Decoding a photo, drawing a
 sketch, resizing and cropping are the same every epoch, so their result is cached (uint8, per
 dataset object, `cache`); only the flip and the negative change per item. Which negative and
 whether to flip are drawn from the item's own seed when the sampler gives one (`(index, seed)`
 keys, see train.EpochSampler), so a resumed or distributed run sees exactly the same triplets.
 """
+import hashlib
 import sys
 from dataclasses import dataclass, field
 
@@ -41,6 +44,7 @@ class DataConfig:
     plans: bool = False              # also give GUI photos' tree merges (layouts.merge_plan)
     cache: bool = True
     generate: tuple = ()             # embedded datasets: (('seed', 0), ('train_photos', 300), ...)
+    validation: float = 0.0          # > 0: evaluate on this fraction of the training photos (layouts.carve_validation)
 
 
 def load_photo(path):
@@ -64,6 +68,13 @@ def as_float(u8):
     return u8.float().div_(255).expand(3, -1, -1)
 
 
+def image_key(u8):
+    """A digest of a uint8 image tensor's pixels and shape: the key of its cached trunk features."""
+    h = hashlib.blake2b(u8.numpy().tobytes(), digest_size=16)
+    h.update(repr(tuple(u8.shape)).encode())
+    return h.hexdigest()
+
+
 def point_tensor(points, detail, flip):
     """Cleaned (L, 3) points -> float [L', 3] (x / 256, y / 256, pen) of the strokes kept at detail,
     mirrored like the image when flip."""
@@ -76,7 +87,8 @@ def point_tensor(points, detail, flip):
 
 class Images:
     """The images of one index at the network's size, cached as uint8 after the deterministic
-    geometry (transforms.train_geometry / test_geometry) of the given split."""
+    geometry (transforms.train_geometry / test_geometry) of the given split, with their keys
+    (image_key)."""
 
     def __init__(self, index, config, train):
         self.index, self.config = index, config
@@ -88,13 +100,14 @@ class Images:
             return self.store[key]
         img, boxes = self.geometry(*load(), self.config.image_size)
         # Grey sketches are kept as one channel ('L'), photos as RGB.
-        value = (as_uint8(img), torch.as_tensor(np.asarray(boxes, dtype=np.float32)))
+        u8 = as_uint8(img)
+        value = (u8, torch.as_tensor(np.asarray(boxes, dtype=np.float32)), image_key(u8))
         if self.config.cache:
             self.store[key] = value
         return value
 
     def sketch(self, rec):
-        """-> (uint8 [1, S, S], boxes [Ns, 4])"""
+        """-> (uint8 [1, S, S], boxes [Ns, 4], key)"""
         def load():
             img, boxes = layouts.render_sketch(rec, self.config.style)
             return img.convert('L'), boxes
@@ -105,7 +118,7 @@ class Images:
         return torch.from_numpy(self.index.merge_plan(name))
 
     def photo(self, name):
-        """-> (uint8 [3, S, S], boxes [Np, 4])"""
+        """-> (uint8 [3, S, S], boxes [Np, 4], key)"""
         rec = self.index.photos[name]
         return self._get(('photo', name), lambda: (network_photo(rec.path, self.config.photo_input), rec.boxes))
 
@@ -121,7 +134,8 @@ def item_rng(key):
 class TripletDataset(Dataset):
     """Training triplets (docs/method.md, (M9)). Item: dict of
     'sketch' [3, S, S], 'sketch_boxes' [Ns, 4], 'positive' [3, S, S], 'positive_boxes' [Np, 4],
-    'negative' [3, S, S], 'negative_boxes' [Nn, 4], 'photo_name', and with points 'sketch_points'
+    'negative' [3, S, S], 'negative_boxes' [Nn, 4], their keys 'sketch_key', 'positive_key',
+    'negative_key' (image_key, '+flip' when mirrored), 'photo_name', and with points 'sketch_points'
     [L, 3]. The negative is the photo of a random other training sketch, never the positive's
     photo; one flip for the whole triplet.
     """
@@ -142,9 +156,9 @@ class TripletDataset(Dataset):
             if self.photo_names[j] != self.photo_names[i]:
                 return self.photo_names[j]
 
-    def _view(self, u8, boxes, flip):
+    def _view(self, u8, boxes, key, flip):
         x = as_float(u8)
-        return transforms.hflip(x, boxes) if flip else (x, boxes)
+        return (*transforms.hflip(x, boxes), key + '+flip') if flip else (x, boxes, key)
 
     def __getitem__(self, key):
         i, g = item_rng(key)
@@ -153,11 +167,12 @@ class TripletDataset(Dataset):
         # with the mirror image of its photo, which matters for objects seen from one side.
         flip = torch.rand((), generator=g).item() < self.config.flip_prob
         negative = self.negative_photo(i, g)
-        s, s_boxes = self._view(*self.images.sketch(rec), flip)
-        p, p_boxes = self._view(*self.images.photo(rec.photo), flip)
-        n, n_boxes = self._view(*self.images.photo(negative), flip)
-        item = {'sketch': s, 'sketch_boxes': s_boxes, 'positive': p, 'positive_boxes': p_boxes,
-                'negative': n, 'negative_boxes': n_boxes, 'photo_name': rec.photo}
+        s, s_boxes, s_key = self._view(*self.images.sketch(rec), flip)
+        p, p_boxes, p_key = self._view(*self.images.photo(rec.photo), flip)
+        n, n_boxes, n_key = self._view(*self.images.photo(negative), flip)
+        item = {'sketch': s, 'sketch_boxes': s_boxes, 'sketch_key': s_key, 'positive': p, 'positive_boxes': p_boxes,
+                'positive_key': p_key, 'negative': n, 'negative_boxes': n_boxes, 'negative_key': n_key,
+                'photo_name': rec.photo}
         if self.config.points:
             item['sketch_points'] = point_tensor(rec.points, self.config.style.detail, flip)
         if self.config.plans:
@@ -166,7 +181,7 @@ class TripletDataset(Dataset):
 
 
 class QuerySet(Dataset):
-    """Test sketches: {'sketch': [3, S, S], 'sketch_boxes': [Ns, 4], 'target': gallery index}."""
+    """Test sketches: {'sketch': [3, S, S], 'sketch_boxes': [Ns, 4], 'sketch_key', 'target': gallery index}."""
 
     def __init__(self, records, targets, images, config):
         self.records, self.targets, self.images, self.config = records, targets, images, config
@@ -176,15 +191,15 @@ class QuerySet(Dataset):
 
     def __getitem__(self, i):
         rec = self.records[i]
-        u8, boxes = self.images.sketch(rec)
-        item = {'sketch': as_float(u8), 'sketch_boxes': boxes, 'target': self.targets[i]}
+        u8, boxes, key = self.images.sketch(rec)
+        item = {'sketch': as_float(u8), 'sketch_boxes': boxes, 'sketch_key': key, 'target': self.targets[i]}
         if self.config.points:
             item['sketch_points'] = point_tensor(rec.points, self.config.style.detail, False)
         return item
 
 
 class GallerySet(Dataset):
-    """Photos: {'photo': [3, S, S], 'photo_boxes': [Np, 4]}."""
+    """Photos: {'photo': [3, S, S], 'photo_boxes': [Np, 4], 'photo_key'}."""
 
     def __init__(self, names, images):
         self.names, self.images = names, images
@@ -193,8 +208,8 @@ class GallerySet(Dataset):
         return len(self.names)
 
     def __getitem__(self, i):
-        u8, boxes = self.images.photo(self.names[i])
-        item = {'photo': as_float(u8), 'photo_boxes': boxes}
+        u8, boxes, key = self.images.photo(self.names[i])
+        item = {'photo': as_float(u8), 'photo_boxes': boxes, 'photo_key': key}
         if self.images.config.plans:
             item['photo_plan'] = self.images.plan(self.names[i])
         return item
@@ -228,7 +243,7 @@ class RetrievalData:
 def load_index(config):
     """Validate the dataset a DataConfig names -> layouts.DataIndex (DatasetError on bad input)."""
     return layouts.load_index(config.dataset, config.root, config.num_regions, config.style,
-                              dict(config.generate))
+                              dict(config.generate), config.validation)
 
 
 def build_datasets(config):

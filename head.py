@@ -32,59 +32,150 @@ class PairHead(nn.Module):
     # with two (D = 256 and 512); benchmarks/head_speed.py's 'chunks' section measures it.
     eval_chunk = 256
 
-    def __init__(self, coattention, sketch_fusion, photo_fusion, gumbel=sample_gumbel):
+    def __init__(self, coattention, sketch_fusion, photo_fusion, gumbel=sample_gumbel, readout='root',
+                 round_norm='none'):
         super().__init__()
         if (sketch_fusion is None) != (photo_fusion is None):
             raise ValueError('give both fusion modules or neither')
         if coattention is None and sketch_fusion is None:
             raise ValueError('a head needs co-attention, fusion, or both')
+        if readout not in READOUTS:
+            raise ValueError(f'unknown readout {readout!r}; expected one of {READOUTS}')
+        if round_norm not in ROUND_NORMS:
+            raise ValueError(f'unknown round_norm {round_norm!r}; expected one of {ROUND_NORMS}')
         self.coattention = coattention
         self.sketch_fusion = sketch_fusion
         self.photo_fusion = photo_fusion
         self.gumbel = gumbel
+        self.readout, self.round_norm = readout, round_norm
 
-    def forward(self, s, s_mask, p, p_mask, return_rounds=False, p_plan=None):
+    @property
+    def fast_eval(self):
+        """Whether the evaluation fast path computes this head (the paper's and the released heads:
+        linear merges, greedy selection on the raw compatibility, the root as the embedding)."""
+        fusions = (self.sketch_fusion, self.photo_fusion)
+        return (self.readout == 'root' and self.round_norm == 'none'
+                and all(f.rule == 'linear' and f.selection == 'gumbel' and f.level_merges == 'one'
+                        for f in fusions))
+
+    def forward(self, s, s_mask, p, p_mask, return_rounds=False, p_plan=None, levels=None):
         """s: [B, Ns, D] sketch nodes, s_mask: bool [B, Ns] (True = real node, real nodes first,
         at least one); p: [B, Np, D], p_mask: bool [B, Np] likewise. p_plan: long [B, Np - 1, 2],
         the photo side's merges round by round instead of learned ones (the Explicit Hierarchy,
-        layouts.merge_plan; the general loop runs then).
-        Returns (s_out [B, D], p_out [B, D]) and, with return_rounds, rounds: long [B]."""
+        layouts.merge_plan; the general loop runs then). levels: a list that receives, after
+        every round, each side's L2 max-pool of its nodes ([B, D], [B, D]) (the level loss).
+        Returns (s_out [B, E], p_out [B, E]) and, with return_rounds, rounds: long [B]; E = D, or
+        2D with readout 'root+pool'."""
         if self.sketch_fusion is None:
             s, p = self.coattention(s, s_mask, p, p_mask)
             out = (masked_max(s, s_mask), masked_max(p, p_mask))
             out = tuple(nn.functional.normalize(x, dim=1) for x in out)
             rounds = torch.ones(len(s), dtype=torch.long, device=s.device)
-        elif not self.training and not torch.is_grad_enabled() and p_plan is None:
+            if levels is not None:
+                levels.append(out)
+        elif (not self.training and not torch.is_grad_enabled() and p_plan is None and levels is None
+              and self.fast_eval):
             out, rounds = self._loop_eval(s, s_mask, p, p_mask)
         else:
-            out, rounds = self._loop(s, s_mask, p, p_mask, p_plan)
+            out, rounds = self._loop(s, s_mask, p, p_mask, p_plan, levels)
         return (*out, rounds) if return_rounds else out
 
-    def _loop(self, s, s_mask, p, p_mask, p_plan=None):
+    def _loop(self, s, s_mask, p, p_mask, p_plan=None, levels=None, trace=None, roots=None):
+        """The general loop (training, and any head the fast path does not compute). levels: as
+        forward; trace: a list that receives, per round, (rows of the pairs that worked or None
+        for all, (sketch pairs, photo pairs) long [b, T, 2] merged, -1 where a side did not merge);
+        roots: a list that receives the two roots [B, D] before the readout.
+        Returns ((s_out, p_out), rounds)."""
+        state = [s, s_mask, s_mask.to(s.dtype), p, p_mask, p_mask.to(p.dtype)]   # nodes, mask, leaf counts
+        pool = [masked_max(s, s_mask), masked_max(p, p_mask)] if self.readout == 'root+pool' else None
         rounds = torch.zeros(len(s), dtype=torch.long, device=s.device)
         for r in itertools.count():
-            active = (s_mask.sum(1) > 1) | (p_mask.sum(1) > 1)
+            active = (state[1].sum(1) > 1) | (state[4].sum(1) > 1)
             if not active.any():
                 break
             rounds += active
             # Gumbel noise for every pair at the full width, so that a pair's noise does not
             # depend on which other pairs are still active (tests replay it pair by pair).
             noise = [None, None] if not self.training else \
-                [self.gumbel((len(x), x.shape[1], x.shape[1]), x) for x in (s, p)]
+                [self.gumbel((len(x), x.shape[1], x.shape[1]), x) for x in (state[0], state[3])]
             # A side merges in every round until it is one node, so round r is its merge r.
             forced = None if p_plan is None or r >= p_plan.shape[1] else p_plan[:, r]
-            if active.all():
-                s, s_mask, p, p_mask = self._round(s, s_mask, p, p_mask, *noise, forced)
-            else:  # only the unfinished pairs do work
-                idx = active.nonzero()[:, 0]
-                sub = self._round(s[idx], s_mask[idx], p[idx], p_mask[idx],
-                                  *[None if z is None else z[idx] for z in noise],
-                                  None if forced is None else forced[idx])
-                s, s_mask, p, p_mask = (full.index_copy(0, idx, part)
-                                        for full, part in zip((s, s_mask, p, p_mask), sub))
-            ns, np_ = int(s_mask.sum(1).max()), int(p_mask.sum(1).max())
-            s, s_mask, p, p_mask = s[:, :ns], s_mask[:, :ns], p[:, :np_], p_mask[:, :np_]
-        return (s[:, 0], p[:, 0]), rounds
+            idx = None if active.all() else active.nonzero()[:, 0]      # only the unfinished pairs work
+            sub = state if idx is None else [t[idx] for t in state]
+            if idx is not None:
+                noise = [None if z is None else z[idx] for z in noise]
+                forced = None if forced is None else forced[idx]
+            new, attended, pairs = self._round(sub, *noise, forced)
+            state = new if idx is None else [full.index_copy(0, idx, part) for full, part in zip(state, new)]
+            if r == 0 and pool is not None:     # the baseline's readout: max-pool after one co-attention
+                first = (masked_max(attended[0], sub[1]), masked_max(attended[1], sub[4]))
+                pool = list(first) if idx is None else [x.index_copy(0, idx, y) for x, y in zip(pool, first)]
+            if trace is not None:
+                trace.append((idx, pairs))
+            ns, np_ = int(state[1].sum(1).max()), int(state[4].sum(1).max())
+            state = [t[:, :ns] for t in state[:3]] + [t[:, :np_] for t in state[3:]]
+            if levels is not None:
+                levels.append(tuple(nn.functional.normalize(masked_max(x, m), dim=1)
+                                    for x, m in ((state[0], state[1]), (state[3], state[4]))))
+        if roots is not None:
+            roots += [state[0][:, 0], state[3][:, 0]]
+        return self._readout(state[0][:, 0], state[3][:, 0], pool), rounds
+
+    def _readout(self, s_root, p_root, pool):
+        """The pair embedding: the roots [B, D] (readout 'root', the paper), or [L2 root ; L2
+        max-pool after the first co-attention] [B, 2D] ('root+pool')."""
+        if pool is None:
+            return s_root, p_root
+        norm = nn.functional.normalize
+        return (torch.cat([norm(s_root, dim=1), norm(pool[0], dim=1)], 1),
+                torch.cat([norm(p_root, dim=1), norm(pool[1], dim=1)], 1))
+
+    @torch.no_grad()
+    def trees(self, s, s_mask, p, p_mask):
+        """What the greedy trees of a batch of pairs look like (the head in eval mode): per side,
+        the mean over pairs of the effective number of leaves 1 / sum(w^2), w = each leaf's weight
+        in the root if every merge were the mean of its two children (2^-depth: how balanced the
+        tree is, whatever the merge rule), of the tree's depth, and of the root's norm before the
+        readout. Returns a dict of floats."""
+        if self.sketch_fusion is None:
+            return {}
+        was = self.training
+        self.eval()
+        trace, roots = [], []
+        try:
+            self._loop(s, s_mask, p, p_mask, trace=trace, roots=roots)
+        finally:
+            self.train(was)
+        out = {}
+        for side, (mask, k) in {'sketch': (s_mask, 0), 'photo': (p_mask, 1)}.items():
+            counts = mask.sum(1).tolist()
+            nodes = [[{leaf: 1.0} for leaf in range(c)] for c in counts]
+            for idx, pairs in trace:
+                rows = range(len(counts)) if idx is None else idx.tolist()
+                for row, level in zip(rows, pairs[k].tolist()):
+                    level = [(a, b) for a, b in level if a >= 0]
+                    if not level:
+                        continue
+                    done = {t for pair in level for t in pair}
+                    merged = [_mean_weights(nodes[row][a], nodes[row][b]) for a, b in level]
+                    nodes[row] = [x for t, x in enumerate(nodes[row]) if t not in done] + merged
+            weights = [list(n[0].values()) for n in nodes]
+            out[f'{side}_leaves'] = sum(len(w) for w in weights) / len(weights)
+            out[f'{side}_effective_leaves'] = sum(1 / sum(x * x for x in w) for w in weights) / len(weights)
+            out[f'{side}_depth'] = sum(-math.log2(min(w)) for w in weights) / len(weights)
+            out[f'{side}_root_norm'] = roots[k].norm(dim=1).mean().item()
+        return out
+
+    def merge_agreement(self):
+        """The fraction of training merges since the last call whose Gumbel choice was the greedy
+        one, per side ({} when none were made); resets the counts."""
+        out = {}
+        for side, fusion in (('sketch', self.sketch_fusion), ('photo', self.photo_fusion)):
+            if fusion is not None and fusion.agreement is not None:
+                agreed, total = fusion.agreement.tolist()
+                out[f'{side}_greedy_merges'] = agreed / max(total, 1)
+                fusion.agreement = None
+        return out
 
     # ------------------------------------------------------------ evaluation fast path
     def _loop_eval(self, s, s_mask, p, p_mask):
@@ -173,27 +264,37 @@ class PairHead(nn.Module):
         return (_EvalSide('s', self.sketch_fusion, carry[0], take),
                 _EvalSide('p', self.photo_fusion, carry[1], take))
 
-    def _round(self, s, s_mask, p, p_mask, s_noise, p_noise, p_forced=None):
+    def _round(self, state, s_noise, p_noise, p_forced=None):
+        """One round on state [s, s_mask, s_sizes, p, p_mask, p_sizes] -> (the new state, the nodes
+        after co-attention (s, p), the pairs merged (s_pairs, p_pairs))."""
+        s, s_mask, s_size, p, p_mask, p_size = state
         if self.coattention is not None:
             s, p = self.coattention(s, s_mask, p, p_mask)
-        s, s_mask = _fuse_where_needed(self.sketch_fusion, s, s_mask, s_noise)
-        p, p_mask = _fuse_where_needed(self.photo_fusion, p, p_mask, p_noise, p_forced)
-        return s, s_mask, p, p_mask
+        attended = (s, p)
+        s, s_mask, s_size, s_pair = _fuse_where_needed(self.sketch_fusion, s, s_mask, s_size, s_noise)
+        p, p_mask, p_size, p_pair = _fuse_where_needed(self.photo_fusion, p, p_mask, p_size, p_noise, p_forced)
+        if self.round_norm == 'l2':
+            s, p = nn.functional.normalize(s, dim=-1), nn.functional.normalize(p, dim=-1)
+        return [s, s_mask, s_size, p, p_mask, p_size], attended, (s_pair, p_pair)
 
 
-def _fuse_where_needed(fusion, x, mask, noise, forced=None):
-    """One fusion level on the rows with more than one node; the width is kept."""
+def _fuse_where_needed(fusion, x, mask, sizes, noise, forced=None):
+    """One fusion level on the rows with more than one node; the width is kept. Returns
+    (x, mask, sizes, pairs long [B, T, 2], -1 for the rows that did not merge)."""
     need = mask.sum(1) > 1
     if not need.any():
-        return x, mask
+        return x, mask, sizes, torch.full((len(x), 1, 2), -1, dtype=torch.long, device=x.device)
     idx = need.nonzero()[:, 0]
-    y, y_mask = fusion(x[idx], mask[idx], None if noise is None else noise[idx],
-                       None if forced is None else forced[idx])
+    y, y_mask, y_sizes, pair = fusion(x[idx], mask[idx], None if noise is None else noise[idx],
+                                      None if forced is None else forced[idx], sizes[idx])
+    pairs = torch.full((len(x), *pair.shape[1:]), -1, dtype=torch.long, device=x.device)
     y = nn.functional.pad(y, (0, 0, 0, 1))
     y_mask = nn.functional.pad(y_mask, (0, 1))
+    y_sizes = nn.functional.pad(y_sizes, (0, 1))
     if len(idx) == len(x):
-        return y, y_mask
-    return x.index_copy(0, idx, y), mask.index_copy(0, idx, y_mask)
+        return y, y_mask, y_sizes, pair
+    return (x.index_copy(0, idx, y), mask.index_copy(0, idx, y_mask), sizes.index_copy(0, idx, y_sizes),
+            pairs.index_copy(0, idx, pair))
 
 
 class _Workspace:
@@ -290,6 +391,14 @@ class _EvalSide:
         return x_new, self.carry(x_new)
 
 
+def _mean_weights(a, b):
+    """Leaf weights {leaf: w} of a node merged as the mean of nodes with weights a and b."""
+    out = {}
+    for leaf, w in (*a.items(), *b.items()):
+        out[leaf] = out.get(leaf, 0.0) + w / 2
+    return out
+
+
 def _mask(counts, width, min_count):
     """bool [B, width] real nodes, or None when no set is padded."""
     if min_count >= width:
@@ -315,13 +424,20 @@ VARIANTS = {
     'released': dict(gate='product', compatibility='dot', relu=False, shared_merge=True),
 }
 HEAD_METHODS = ('hierarchy', 'localised_coattn', 'no_coattn')
+READOUTS = ('root', 'root+pool')
+ROUND_NORMS = ('none', 'l2')
+MERGE_ACTS = ('relu', 'none')
 
 
-def build_head(variant='paper', dim=512, att_dim=128, method='hierarchy', init='identity'):
+def build_head(variant='paper', dim=512, att_dim=128, method='hierarchy', init='identity', merge='linear',
+               merge_act=None, selection='gumbel', readout='root', round_norm='none', level_merges='one'):
     """The pairwise head. variant: 'paper' or 'released' (the authors' pre-Sep-2020 code);
     method: 'hierarchy' (proposed), 'localised_coattn' (w/o Hierarchy), 'no_coattn';
     init: 'identity' (merges start as means, co-attention updates start small; ours, the paper
-    does not say) or 'pytorch' (PyTorch's, as the authors' code)."""
+    does not say) or 'pytorch' (PyTorch's, as the authors' code). The departures of
+    docs/method.md, section 9: merge (hierarchy.MERGES), merge_act ('relu' | 'none'; None: the
+    variant's), selection (hierarchy.SELECTIONS), readout (READOUTS), round_norm (ROUND_NORMS),
+    level_merges (hierarchy.LEVEL_MERGES)."""
     if variant not in VARIANTS:
         raise ValueError(f'unknown variant {variant!r}; expected one of {sorted(VARIANTS)}')
     v = VARIANTS[variant]
@@ -329,9 +445,15 @@ def build_head(variant='paper', dim=512, att_dim=128, method='hierarchy', init='
         return PairHead(CoAttention(dim, att_dim, 'learned', init), None, None)
     if method not in HEAD_METHODS:
         raise ValueError(f'unknown method {method!r}')
+    if merge_act not in (None, *MERGE_ACTS):
+        raise ValueError(f'unknown merge_act {merge_act!r}; expected one of {MERGE_ACTS}')
+    relu = v['relu'] if merge_act is None else merge_act == 'relu'
     coattention = None if method == 'no_coattn' else CoAttention(dim, att_dim, v['gate'], init)
-    merge_s = merge_layer(dim, v['relu'], init)
-    merge_p = merge_s if v['shared_merge'] else merge_layer(dim, v['relu'], init)
+    # maxres: the residual W_F [x_a ; x_b] + b starts at 0 and has no activation.
+    layer_init, relu = ('zero', False) if merge == 'maxres' else (init, relu)
+    merge_s = merge_layer(dim, relu, layer_init)
+    merge_p = merge_s if v['shared_merge'] else merge_layer(dim, relu, layer_init)
     return PairHead(coattention,
-                    NodeFusion(merge_s, dim, v['compatibility'], att_dim),
-                    NodeFusion(merge_p, dim, v['compatibility'], att_dim))
+                    NodeFusion(merge_s, dim, v['compatibility'], att_dim, merge, selection, level_merges),
+                    NodeFusion(merge_p, dim, v['compatibility'], att_dim, merge, selection, level_merges),
+                    readout=readout, round_norm=round_norm)

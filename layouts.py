@@ -432,10 +432,33 @@ READERS = {
 }
 
 
-def load_index(name, root, num_regions, style, generate=None):
+def in_validation(photo, fraction):
+    """Whether a training photo belongs to the validation split of `fraction`: an md5 of its name,
+    so the split is the same on every machine and does not depend on the order of the files."""
+    return int(hashlib.md5(photo.encode()).hexdigest(), 16) % 10000 < round(fraction * 10000)
+
+
+def carve_validation(index, fraction):
+    """Replace the test split by a validation split: the training photos for which in_validation
+    holds, with all their sketches, leave the training split and become the gallery. The real
+    test split is not read at all, so settings chosen on it are chosen without the test photos."""
+    photos = sorted({r.photo for r in index.train})
+    held = {p for p in photos if in_validation(p, fraction)}
+    require(held and len(held) < len(photos) - 1,
+            f'{index.root}: --validation {fraction} holds out {len(held)} of the {len(photos)} training '
+            f'photos; choose a fraction that leaves at least one photo in validation and two in training')
+    index.test = [r for r in index.train if r.photo in held]
+    index.train = [r for r in index.train if r.photo not in held]
+    index.notes.append(f'validation split: {len(held)} of {len(photos)} training photos and their '
+                       f'{len(index.test)} sketches replace the test split (--validation {fraction})')
+
+
+def load_index(name, root, num_regions, style, generate=None, validation=0.0):
     """Validate the dataset `name` under `root` -> DataIndex (DatasetError on any bad input).
 
-    generate: options of the embedded datasets (seed, sizes), passed to synthetic.ensure_synthetic."""
+    generate: options of the embedded datasets (seed, sizes), passed to synthetic.ensure_synthetic.
+    validation: > 0 evaluates on that fraction of the training photos instead of the test split
+    (carve_validation)."""
     require(name in READERS, f'unknown dataset {name!r}; choose one of {", ".join(READERS)}')
     require(num_regions >= 1, f'--num_regions must be >= 1, got {num_regions}')
     index = DataIndex(name, Path(root), num_regions, generate=dict(generate or {}))
@@ -443,6 +466,8 @@ def load_index(name, root, num_regions, style, generate=None):
         require(index.root.is_dir(), f'{index.root}: --data_root does not exist')
     READERS[name](index, style)
     require(index.test, f'{index.root}: {name} has no test sketches')
+    if validation:
+        carve_validation(index, validation)
     require(len({r.photo for r in index.train}) >= 2,
             f'{index.root}: {name} needs training sketches of at least 2 photos for triplet negatives')
     return index

@@ -45,16 +45,17 @@ class TripletLoss(nn.Module):
         return ar.repeat_interleave(b), ar.repeat(b)
 
     def forward(self, dist, photo_names):
-        """dist: [P] distances of `pairs(B)`; photo_names: the B positives' photo names (a batch
-        can hold two sketches of one photo: that photo is then no negative for either)."""
+        """dist: [..., P] distances of `pairs(B)` (leading dims, e.g. one row per fusion level, are
+        averaged over like the triplets); photo_names: the B positives' photo names (a batch can
+        hold two sketches of one photo: that photo is then no negative for either)."""
         b = len(photo_names)
         if self.negatives == 'sampled':
-            return triplet_loss(dist[:b], dist[b:], self.margin)
-        dist = dist.view(b, b)
+            return triplet_loss(dist[..., :b], dist[..., b:], self.margin)
+        dist = dist.reshape(-1, b, b)
         other = torch.tensor([[x != y for y in photo_names] for x in photo_names], device=dist.device)
-        d_pos = dist.diagonal()
+        d_pos = dist.diagonal(dim1=1, dim2=2)                                        # [L, B]
         if self.negatives == 'batch_hard':
             keep = other.any(1)
-            d_neg = dist.masked_fill(~other, float('inf')).amin(1)
-            return triplet_loss(d_pos[keep], d_neg[keep], self.margin)
-        return triplet_loss(d_pos[:, None].expand(b, b)[other], dist[other], self.margin)
+            d_neg = dist.masked_fill(~other, float('inf')).amin(2)
+            return triplet_loss(d_pos[:, keep], d_neg[:, keep], self.margin)
+        return triplet_loss(d_pos[:, :, None].expand_as(dist)[:, other], dist[:, other], self.margin)

@@ -15,11 +15,13 @@ from pathlib import Path
 
 from torch.nn.parallel import DistributedDataParallel
 
+import feature_cache
 import options
 import runtime
 from backbones import PretrainedWeightsError
 from checkpoint import CheckpointError, load_checkpoint
 from dataset import build_datasets
+from feature_cache import FeatureCacheError
 from files import DatasetError, describe_os_error
 from losses import TripletLoss
 from methods import build_model
@@ -81,6 +83,8 @@ def main(argv=None):
         if rank == 0:
             runtime.barrier()
         model = build_model(args).to(device)
+        if args.freeze_backbone:
+            feature_cache.attach(model, args.feature_cache)
         optimizer = make_optimizer(model, args)
         ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None) \
             if world > 1 else None
@@ -99,7 +103,7 @@ def main(argv=None):
                   f'{device}' + (f' x {world} processes' if world > 1 else ''))
         t_start = time.time()
         m = trainer.run()
-    except (DatasetError, PretrainedWeightsError, CheckpointError, TrainingStopped) as e:
+    except (DatasetError, PretrainedWeightsError, CheckpointError, TrainingStopped, FeatureCacheError) as e:
         raise SystemExit(f'error: {e}') from None
     except OSError as e:   # a run folder that became unwritable, a full disk while logging
         raise SystemExit(f'error: {getattr(e, "filename", None) or run_dir or "the run folder"}: '

@@ -10,13 +10,16 @@ Every method (this file and baselines.py) is a `RetrievalModel`: it encodes imag
 step) and evaluation calls `encode` and `distance_matrix`; neither knows which method it runs.
 Features are dicts of batch-first tensors, so they can be indexed, concatenated and split alike.
 """
+import functools
+import hashlib
+
 import torch
 import torch.nn as nn
 from torchvision.ops import roi_align
 from tqdm import tqdm
 
 from backbones import build_backbone
-from head import build_head
+from head import PairHead, build_head
 
 
 # ----------------------------------------------------------------------------- features
@@ -55,10 +58,26 @@ def split(features, sizes):
 def batch_inputs(batch, key, device):
     """The inputs of one image set of a collated batch ('sketch', 'positive', 'photo', ...):
     image [B, 3, S, S], boxes [B, N, 4], mask bool [B, N], and where the batch has them points
-    [B, L, 3] + points_mask [B, L] (vector sketches) and plan [B, N - 1, 2] (GUI tree merges)."""
+    [B, L, 3] + points_mask [B, L] (vector sketches), plan [B, N - 1, 2] (GUI tree merges) and
+    keys, a list of B image keys (dataset.image_key: what a frozen trunk's features are cached by)."""
     names = {'image': key, 'boxes': f'{key}_boxes', 'mask': f'{key}_mask', 'points': f'{key}_points',
              'points_mask': f'{key}_points_mask', 'plan': f'{key}_plan', 'plan_mask': f'{key}_plan_mask'}
-    return {k: batch[v].to(device, non_blocking=True) for k, v in names.items() if v in batch}
+    out = {k: batch[v].to(device, non_blocking=True) for k, v in names.items() if v in batch}
+    if f'{key}_key' in batch:
+        out['keys'] = list(batch[f'{key}_key'])
+    return out
+
+
+def box_key(boxes):
+    """A digest of an image's boxes [n, 4]: with the image's key, the key of its cached regions."""
+    return hashlib.blake2b(boxes.detach().float().cpu().contiguous().numpy().tobytes(), digest_size=8).hexdigest()
+
+
+def joined_keys(inputs):
+    """The image keys of several inputs dicts in order, or None unless every one has them."""
+    if not all('keys' in x for x in inputs):
+        return None
+    return [k for x in inputs for k in x['keys']]
 
 
 def modality(key):
@@ -100,16 +119,23 @@ class RetrievalModel(nn.Module):
         """A pair-independent embedding [B, E] for the first stage of two-stage retrieval, or None."""
         return None
 
-    def auxiliary_distances(self, s, p, qi, gi):
-        """Extra distances [P] that training adds to the loss (e.g. a first-stage branch)."""
-        return []
+    def training_distances(self, s, p, qi, gi):
+        """The distances the training loss is made of: {'pairs': [P] (the ranking distance),
+        'first_stage': [P] (a first-stage branch), 'levels': [R, P] (one row per fusion level),
+        ...}; the trainer applies the triplet loss to each (train.train_step)."""
+        return {'pairs': self.distances(s, p, qi, gi)}
+
+    def diagnostics(self, s, p):
+        """Figures about the model on the pairs (s[k], p[k]) that the trainer logs at every
+        evaluation (a dict of floats; none by default)."""
+        return {}
 
     def forward(self, parts, qi, gi):
         """The training path: encode parts (the first the sketches, the others photos, stacked in
-        order) and score the pairs. Returns [distances [P], *auxiliary_distances]."""
+        order) and score the pairs. Returns training_distances."""
         s, *photos = self.encode(parts)
         p = concat(photos) if len(photos) > 1 else photos[0]
-        return [self.distances(s, p, qi, gi), *self.auxiliary_distances(s, p, qi, gi)]
+        return self.training_distances(s, p, qi, gi)
 
     @torch.no_grad()
     def distance_matrix(self, s, p, chunk=2048, rows=None, cols=None, progress=False):
@@ -153,45 +179,80 @@ class PairIndependentModel(RetrievalModel):
 
 
 # ----------------------------------------------------------------------------- region features
+NODE_ACTS = ('none', 'relu')
+
+
 class RegionEncoder(nn.Module):
     """One D-dim vector per box: backbone map, RoIAlign roi_size x roi_size (sampling ratio 2;
     the paper: 7), global max-pool, a linear projection when the backbone's channels differ from
-    D, and optionally (node_norm 'l2') unit length per node. Also the whole map's max-pool, for
-    a pair-independent first stage."""
+    D, optionally (node_act 'relu') a ReLU after it, and optionally (node_norm 'l2') unit length
+    per node. Also the whole map's max-pool, for a pair-independent first stage.
 
-    def __init__(self, backbone, channels, dim=512, roi_size=7, node_norm='none'):
+    With the whole backbone frozen and a feature cache (feature_cache.attach), an image's pooled
+    regions and global pool are computed once (keyed by its pixels, boxes and roi_size); with part
+    of it frozen, the backbone caches its frozen stages' map (backbones.FeatureExtractor)."""
+
+    def __init__(self, backbone, channels, dim=512, roi_size=7, node_norm='none', node_act='none'):
         super().__init__()
+        if node_act not in NODE_ACTS:
+            raise ValueError(f'unknown node_act {node_act!r}; expected one of {NODE_ACTS}')
         self.backbone = backbone
         self.channels = channels
         self.proj = nn.Linear(channels, dim) if channels != dim else nn.Identity()
         self.roi_size = roi_size
         self.node_norm = node_norm
+        self.node_act = node_act
 
-    def forward(self, images, boxes, mask, pooled=False):
+    def forward(self, images, boxes, mask, pooled=False, keys=None):
         """images: [B, 3, H, W]; boxes: [B, N, 4] x1, y1, x2, y2 in the pixels of `images`;
-        mask: bool [B, N] real boxes. Returns nodes [B, N, D], zero where mask is False, and with
-        pooled also the map's global max-pool [B, C]."""
-        fmap = self.backbone(images)
+        mask: bool [B, N] real boxes; keys: the images' keys for a frozen trunk's cache, or None.
+        Returns nodes [B, N, D], zero where mask is False, and with pooled also the map's global
+        max-pool [B, C]."""
+        cache = getattr(self.backbone, 'cache', None)
+        if keys is not None and cache is not None and self.backbone.frozen == self.backbone.stages:
+            # The whole backbone is frozen: cache each image's pooled regions and global pool.
+            box_keys = [f'{k}|{box_key(boxes[i, mask[i]])}|roi{self.roi_size}' for i, k in enumerate(keys)]
+            rows = cache.get(box_keys, lambda idx: self._pool(self.backbone(images[idx]), images.shape[-1],
+                                                              boxes[idx], mask[idx], split=True))
+            rows = [r.to(images.device) for r in rows]
+            regions, global_pool = torch.cat([r[1:] for r in rows]), torch.stack([r[0] for r in rows])
+        else:
+            fmap = self.backbone(images) if keys is None else self.backbone(images, keys)
+            regions, global_pool = self._pool(fmap, images.shape[-1], boxes, mask)
+        feats = self.proj(regions)                                                   # [M, D]
+        if self.node_act == 'relu':     # non-negative nodes, as VGG-16's pooled features are
+            feats = torch.relu(feats)
+        if self.node_norm == 'l2':
+            feats = nn.functional.normalize(feats, dim=1)
+        out = feats.new_zeros(*mask.shape, feats.shape[1])
+        out[mask] = feats
+        return (out, global_pool) if pooled else out
+
+    def _pool(self, fmap, size, boxes, mask, split=False):
+        """fmap: [B, C, h, w] of images `size` pixels wide -> (regions [M, C]: RoIAlign of the real
+        boxes, max-pooled; the map's global max-pool [B, C]); with split, per image [1 + n_i, C]
+        (global pool, then regions)."""
         # The scale of the actual tensors (e.g. 7/224 for VGG-16), not a nominal stride.
-        scale = fmap.shape[-1] / images.shape[-1]
+        scale = fmap.shape[-1] / size
         b, n = mask.shape
-        batch_idx = torch.arange(b, device=images.device, dtype=boxes.dtype)[:, None].expand(b, n)
+        batch_idx = torch.arange(b, device=boxes.device, dtype=boxes.dtype)[:, None].expand(b, n)
         rois = torch.cat([batch_idx[mask][:, None], boxes[mask]], dim=1)             # [M, 5]
         pooled_rois = roi_align(fmap, rois.to(fmap.dtype), self.roi_size, spatial_scale=scale,
                                 sampling_ratio=2, aligned=True)                     # [M, C, r, r]
-        feats = self.proj(pooled_rois.amax(dim=(2, 3)))                              # [M, D]
-        if self.node_norm == 'l2':
-            feats = nn.functional.normalize(feats, dim=1)
-        out = feats.new_zeros(b, n, feats.shape[1])
-        out[mask] = feats
-        return (out, fmap.amax(dim=(2, 3))) if pooled else out
+        regions, global_pool = pooled_rois.amax(dim=(2, 3)), fmap.amax(dim=(2, 3))
+        if not split:
+            return regions, global_pool
+        parts = regions.split(mask.sum(1).tolist())
+        return [torch.cat([g[None], r]) for g, r in zip(global_pool, parts)]
 
 
 def region_encoders(args):
     """(sketch encoder, photo encoder) of the options: one shared module unless separate_backbones."""
     def encoder():
-        return RegionEncoder(*build_backbone(args.backbone, args.pretrained, args.feature_layer),
-                             dim=args.dim, roi_size=args.roi_size, node_norm=args.node_norm)
+        return RegionEncoder(*build_backbone(args.backbone, args.pretrained, args.feature_layer,
+                                             getattr(args, 'freeze_backbone', 0)),
+                             dim=args.dim, roi_size=args.roi_size, node_norm=args.node_norm,
+                             node_act=getattr(args, 'node_act', 'none'))
     sketch = encoder()
     return sketch, (encoder() if args.separate_backbones else sketch)
 
@@ -205,17 +266,23 @@ class CrossModalHierarchy(RetrievalModel):
     Features: {'nodes': [B, N, D], 'mask': bool [B, N]} (+ 'global': [B, E] with the branch, and
     'plan': long [B, N - 1, 2] for GUI photos with --hierarchy explicit)."""
 
-    def __init__(self, sketch_encoder, photo_encoder, head, first_stage_dim=0):
+    def __init__(self, sketch_encoder, photo_encoder, head, first_stage_dim=0, level_loss=False):
         super().__init__()
         self.sketch_encoder = sketch_encoder
         self.photo_encoder = photo_encoder
         self.head = head
         self.first_stage_proj = nn.Linear(sketch_encoder.channels, first_stage_dim) if first_stage_dim else None
+        self.level_loss = level_loss
 
     @classmethod
-    def from_options(cls, args):
-        head = build_head(args.variant, args.dim, args.att_dim, args.method, args.head_init)
-        return cls(*region_encoders(args), head, args.first_stage_dim)
+    def from_options(cls, args, head=None):
+        """head: the head's layout (head.HEAD_METHODS); None: the one --method names."""
+        get = functools.partial(getattr, args)
+        head = build_head(args.variant, args.dim, args.att_dim, head or args.method, args.head_init,
+                          merge=get('merge', 'linear'), merge_act=get('merge_act', None),
+                          selection=get('selection', 'gumbel'), readout=get('readout', 'root'),
+                          round_norm=get('round_norm', 'none'), level_merges=get('level_merges', 'one'))
+        return cls(*region_encoders(args), head, args.first_stage_dim, get('level_loss', False))
 
     def encode(self, parts):
         """With one shared encoder every part goes through it in ONE call, so batch norm
@@ -231,7 +298,8 @@ class CrossModalHierarchy(RetrievalModel):
                 continue
             encoder = self.photo_encoder if name == 'photo' else self.sketch_encoder
             inputs = concat([{k: parts[i][1][k] for k in ('image', 'boxes', 'mask')} for i in idx])
-            nodes, pooled = encoder(inputs['image'], inputs['boxes'], inputs['mask'], pooled=True)
+            keys = joined_keys([parts[i][1] for i in idx])
+            nodes, pooled = encoder(inputs['image'], inputs['boxes'], inputs['mask'], pooled=True, keys=keys)
             f = {'nodes': nodes, 'mask': inputs['mask']}
             if self.first_stage_proj is not None:
                 f['global'] = nn.functional.normalize(self.first_stage_proj(pooled), dim=1)
@@ -241,10 +309,35 @@ class CrossModalHierarchy(RetrievalModel):
                 out[i] = part
         return out
 
-    def distances(self, s, p, qi, gi):
-        plan = {'p_plan': p['plan'][gi]} if 'plan' in p else {}
-        s_out, p_out = self.head(s['nodes'][qi], s['mask'][qi], p['nodes'][gi], p['mask'][gi], **plan)
+    def distances(self, s, p, qi, gi, levels=None):
+        """levels: a list that receives, per fusion level, the distances [P] of the pairs' L2
+        max-pooled nodes after that level (the level loss)."""
+        extra = {'p_plan': p['plan'][gi]} if 'plan' in p else {}
+        pooled = None if levels is None else []
+        if levels is not None:
+            extra['levels'] = pooled
+        s_out, p_out = self.head(s['nodes'][qi], s['mask'][qi], p['nodes'][gi], p['mask'][gi], **extra)
+        if levels is not None:
+            levels += [pair_distance(a, b) for a, b in pooled]
         return pair_distance(s_out, p_out)
+
+    def training_distances(self, s, p, qi, gi):
+        """{'pairs': [P]} and, with a first stage, 'first_stage': [P]; with the level loss,
+        'levels': [R, P] (the distances after each of the R fusion levels of the batch)."""
+        levels = [] if self.level_loss else None
+        out = {'pairs': self.distances(s, p, qi, gi, levels)}
+        if self.first_stage_proj is not None:
+            out['first_stage'] = pair_distance(s['global'][qi], p['global'][gi])
+        if levels:
+            out['levels'] = torch.stack(levels)
+        return out
+
+    def diagnostics(self, s, p):
+        """The head's greedy trees on the pairs (s[k], p[k]) (head.PairHead.trees) and the share of
+        training merges since the last call that equalled the greedy pick."""
+        if not isinstance(self.head, PairHead):
+            return {}
+        return {**self.head.trees(s['nodes'], s['mask'], p['nodes'], p['mask']), **self.head.merge_agreement()}
 
     @property
     def has_first_stage(self):
@@ -253,7 +346,3 @@ class CrossModalHierarchy(RetrievalModel):
     def first_stage(self, features):
         return features.get('global')
 
-    def auxiliary_distances(self, s, p, qi, gi):
-        if self.first_stage_proj is None:
-            return []
-        return [pair_distance(s['global'][qi], p['global'][gi])]

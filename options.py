@@ -18,13 +18,18 @@ import layouts
 import losses
 import methods
 from dataset import PHOTO_INPUTS, DataConfig
-from head import VARIANTS
-from hierarchy import INITS
+from head import MERGE_ACTS, READOUTS, ROUND_NORMS, VARIANTS
+from hierarchy import INITS, LEVEL_MERGES, MERGES, SELECTIONS
+from model import NODE_ACTS
 from sketch import DETAIL_FRACTION, SketchStyle
 
 # The paper trains 200 epochs; the embedded datasets get a budget that `python main.py` (light
 # backbone, 2-core CPU) finishes in under 10 minutes.
 DATASET_EPOCHS = {'Synthetic': 3, 'SyntheticGUI': 3}
+# The paper's head (docs/method.md, sections 3-5): what the hierarchy's departures default to
+# when neither the command line nor the method's row sets them (merge_act None: the variant's).
+PAPER_HEAD = dict(node_act='none', merge='linear', selection='gumbel', readout='root', round_norm='none',
+                  level_merges='one', level_loss=False)
 DEFAULT_BACKBONE = 'resnet18_light'
 PAPER_EPOCHS = 200
 
@@ -65,6 +70,11 @@ def run_name(text):
     return text
 
 
+def stages(text):
+    """--freeze_backbone: an integer >= 0 or 'all' (resolved to the backbone's stage count)."""
+    return text if text == 'all' else nonneg_int(text)
+
+
 def head_init(text):
     if text == 'default':
         raise argparse.ArgumentTypeError("'default' was renamed 'pytorch' (PyTorch's initialisation, "
@@ -100,6 +110,11 @@ def data_part():
                    help='what the network sees of a photo: the RGB image (the paper) or its Canny '
                         'edge map drawn like a sketch (Triplet-SN practice, for networks trained '
                         'from scratch); default: the backbone\'s')
+    d.add_argument('--validation', type=_number(float, lambda v: 0 <= v < 1, 'a fraction in [0, 1)'), default=0.0,
+                   metavar='FRACTION',
+                   help='evaluate on this fraction of the training photos (chosen by an md5 of their names) '
+                        'and their sketches, held out of training, instead of the test split: for choosing '
+                        'settings without looking at the test photos (0 = the test split)')
     d.add_argument('--flip_prob', type=probability, default=0.5,
                    help='probability of the joint horizontal flip of a training triplet')
     d.add_argument('--synthetic_seed', type=nonneg_int, default=0,
@@ -153,6 +168,34 @@ def model_part():
                         'co-attention update starts small, so the fresh head passes the region '
                         'features on (ours; the paper does not say); pytorch: PyTorch\'s init, as '
                         'the authors\' code')
+    h = p.add_argument_group('the hierarchy\'s departures from the paper (docs/method.md, section 9; '
+                             'default: the method\'s, the paper\'s for --method hierarchy)')
+    h.add_argument('--node_act', default=None, choices=NODE_ACTS,
+                   help='relu: region nodes made non-negative after the projection to D, as VGG-16\'s pooled '
+                        'features are (what the merge\'s ReLU assumes)')
+    h.add_argument('--merge', default=None, choices=MERGES,
+                   help='linear: phi(W_F [x_a; x_b] + b) (the paper); weighted: the children scaled by their '
+                        'leaf counts, so the identity init gives the mean of the leaves for any tree; maxres: '
+                        'max(x_a, x_b) + W_F [x_a; x_b] + b from W_F = 0, the max-pool of the leaves at init')
+    h.add_argument('--merge_act', default=None, choices=MERGE_ACTS,
+                   help='phi of the linear / weighted merge (default: the variant\'s, relu for paper)')
+    h.add_argument('--selection', default=None, choices=SELECTIONS,
+                   help='gumbel: straight-through Gumbel-softmax on the compatibility (the paper); scaled: '
+                        'cosine compatibility times a learned scale from 10, so training trees follow the '
+                        'greedy ones; balanced: only pairs of the smallest combined size, the same balanced '
+                        'tree shape in training and test; balanced+scaled: both')
+    h.add_argument('--readout', default=None, choices=READOUTS,
+                   help='root: the last node is the embedding (the paper); root+pool: [L2 root; L2 max-pool '
+                        'of the nodes after the first co-attention round]')
+    h.add_argument('--level_merges', default=None, choices=LEVEL_MERGES,
+                   help='one: a fusion level merges one pair, n - 1 levels (the paper); all: floor(n / 2) '
+                        'disjoint pairs picked one after another, ceil(log2 n) levels and as many '
+                        'co-attention rounds')
+    h.add_argument('--round_norm', default=None, choices=ROUND_NORMS,
+                   help='l2: nodes back to unit length after every round of co-attention and fusion')
+    h.add_argument('--level_loss', action=argparse.BooleanOptionalAction, default=None,
+                   help='add a triplet term at every fusion level (L2 max-pool of each side\'s nodes after '
+                        'the round), averaged over the levels; ranking still uses the readout')
     m.add_argument('--separate_backbones', action=argparse.BooleanOptionalAction, default=None,
                    help='give sketch and photo their own backbone (default: one shared backbone)')
     m.add_argument('--seq_dim', type=positive_int, default=768,
@@ -170,9 +213,17 @@ def train_part():
                    help='triplets per optimiser step (over all processes with torchrun)')
     t.add_argument('--lr', type=positive_float, default=None,
                    help='Adam learning rate; default: the backbone\'s (1e-4 for vgg16, the paper)')
-    t.add_argument('--head_lr_mult', type=positive_float, default=1.0,
+    t.add_argument('--freeze_backbone', type=stages, default=0, metavar='N|all',
+                   help='the first N stages of the backbone (its modules up to --feature_layer, listed in '
+                        'backbones.py) do not train, batch norm included; their output is computed once per '
+                        'image and flip and cached (the fast research loop); all = the whole backbone')
+    t.add_argument('--feature_cache', default=None, metavar='FILE',
+                   help='with --freeze_backbone: keep the frozen stages\' outputs in FILE across runs (keyed by '
+                        'the images\' pixels; a file written for other weights or another N is refused); '
+                        'default: in memory for this run only')
+    t.add_argument('--head_lr_mult', type=positive_float, default=None,
                    help='learning rate of everything but the backbone (region projection, head, '
-                        'embeddings), as a multiple of --lr')
+                        'embeddings), as a multiple of --lr; default: the method\'s, else 1')
     t.add_argument('--lr_schedule', default='constant', choices=('constant', 'cosine'),
                    help='constant: --lr throughout (the paper); cosine: from --lr down to 0 over the run')
     t.add_argument('--negatives', default='sampled', choices=losses.NEGATIVES,
@@ -277,13 +328,23 @@ def resolve(args):
         method = methods.METHODS[args.method].defaults
         args.backbone = args.backbone or method.get('backbone', DEFAULT_BACKBONE)
         b = backbones.BACKBONES[args.backbone]
-        fill = {'feature_layer': b.default_layer, 'margin': 0.2, 'first_stage_dim': 0, **b.defaults, **method}
+        fill = {'feature_layer': b.default_layer, 'margin': 0.2, 'first_stage_dim': 0, 'head_lr_mult': 1.0,
+                **PAPER_HEAD, **b.defaults, **method}
         for key, value in fill.items():
             if getattr(args, key, None) is None:
                 setattr(args, key, value)
         if args.feature_layer not in b.layers:
             raise SystemExit(f'error: --feature_layer {args.feature_layer}: {args.backbone} has '
                              f'{", ".join(b.layers)}')
+        count = len(b.layers[args.feature_layer].modules)
+        freeze = getattr(args, 'freeze_backbone', 0)
+        if freeze == 'all':
+            args.freeze_backbone = count
+        elif freeze > count:
+            raise SystemExit(f'error: --freeze_backbone {freeze}: {args.backbone} up to {args.feature_layer} has '
+                             f'{count} stages (--freeze_backbone all freezes them all)')
+        if getattr(args, 'feature_cache', None) and not args.freeze_backbone:
+            raise SystemExit('error: --feature_cache needs --freeze_backbone N (only frozen stages are cached)')
     if getattr(args, 'rerank', 0) is None and hasattr(args, 'first_stage_dim'):
         args.rerank = 20 if args.first_stage_dim else 0
     if getattr(args, 'epochs', 0) is None:
@@ -301,5 +362,6 @@ def data_config(args):
     return DataConfig(dataset=args.dataset, root=args.data_root, num_regions=args.num_regions,
                       image_size=args.image_size, photo_input=args.photo_input or 'rgb',
                       flip_prob=args.flip_prob, style=style, cache=args.image_cache, generate=generate,
+                      validation=getattr(args, 'validation', 0.0),
                       points=bool(method) and methods.METHODS[method].cls.needs_points,
                       plans=getattr(args, 'hierarchy', 'learned') == 'explicit')

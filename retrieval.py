@@ -17,19 +17,38 @@ from tqdm import tqdm
 
 import runtime
 from dataset import collate
-from model import batch_inputs, concat
+from model import batch_inputs, concat, select
 
 
 @torch.no_grad()
 def encode_set(model, dataset, key, batch_size, device, workers=0, progress=True):
     """Features of a whole dataset ('sketch' queries or 'photo' gallery): one features dict
     (rows in dataset order, node widths padded) and the items' targets long [M] (or None)."""
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers)
+    # Its own generator: a loader seeds its iterator from the global one otherwise, and evaluating
+    # would then change the Gumbel noise of the training steps after it.
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
+                        generator=torch.Generator().manual_seed(0))
     feats, targets = [], []
     for batch in tqdm(loader, desc=f'{key} features', leave=False, dynamic_ncols=True, disable=not progress):
         feats.append(model.encode([('sketch' if key == 'sketch' else 'photo', batch_inputs(batch, key, device))])[0])
         targets.append(batch.get('target'))
     return concat(feats), (None if targets[0] is None else torch.cat(targets))
+
+
+@torch.no_grad()
+def diagnose(model, test, device, batch_size=32, queries=64):
+    """model.diagnostics on the first `queries` test sketches, each with its true photo (evenly
+    spread over the split, so that every evaluation of a run looks at the same pairs)."""
+    was_training = model.training
+    model.eval()
+    idx = figure_queries(len(test.queries), queries)
+    s, targets = encode_set(model, Subset(test.queries, idx), 'sketch', batch_size, device, progress=False)
+    photos = sorted(set(targets.tolist()))
+    p, _ = encode_set(model, Subset(test.gallery, photos), 'photo', batch_size, device, progress=False)
+    row = {g: k for k, g in enumerate(photos)}
+    out = model.diagnostics(s, select(p, torch.tensor([row[int(t)] for t in targets], device=device)))
+    model.train(was_training)
+    return out
 
 
 def first_stage_order(model, s, p):

@@ -27,6 +27,7 @@ import runtime
 from dataset import build_datasets
 from evaluate import load_model
 from main import main as train_run
+from backbones import BACKBONES
 from methods import METHODS
 
 # The paper's numbers (arXiv 2007.15103, Tables 1-3 and the k-regions study).
@@ -55,7 +56,8 @@ PAPER_KREGIONS = {8: (58.37, 0.16), 12: (60.92, 0.36), 16: (62.45, 0.67), 20: (6
 COLUMN = {'ChairV2': 0, 'ShoeV2': 1, 'SWIRE': 2}
 VECTOR_ONLY = {'sketchbert', 'sketchformer', 'triplet_sn', 'triplet_attn_sn'}   # QMUL rows of the paper
 TABLE1 = ['triplet_sn', 'triplet_attn_sn', 'swire', 'siamese', 'gated_siamese', 'localised_coattn',
-          'graph_hierarchy', 'sketchbert', 'sketchformer', 'hierarchy']
+          'graph_hierarchy', 'sketchbert', 'sketchformer', 'hierarchy', 'hierarchy_plus']
+PROPOSED = ('hierarchy', 'hierarchy_plus')     # what --proposed can name (Table 2, k regions, coarse figure)
 
 
 # ----------------------------------------------------------------------------- runs
@@ -66,8 +68,11 @@ class Runs:
         self.base, self.folder = list(base), Path(out) / 'runs'
 
     def path(self, name, row):
-        key = json.dumps(self.base + row)
-        return self.folder / f'{name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}'
+        """<name>-<hash of the options>; a run of the same options under another name (e.g. a
+        Table 1 row that an ablation also trains) is the same run, reused."""
+        digest = hashlib.sha1(json.dumps(self.base + row).encode()).hexdigest()[:10]
+        same = sorted(self.folder.glob(f'*-{digest}')) if self.folder.is_dir() else []
+        return same[0] if same else self.folder / f'{name}-{digest}'
 
     def train(self, name, row):
         """The run's final metrics and folder: reused when finished, resumed when interrupted."""
@@ -83,12 +88,43 @@ class Runs:
         return metrics, run
 
 
+def row_extra(base, method):
+    """Options a row adds to the table's. A row with a backbone of its own (the Sketch-a-Net rows)
+    keeps it, with that backbone's weights and layer, whatever --backbone the table gives the
+    others; one that trains from scratch trains it whole even when the table freezes the others'."""
+    own = METHODS[method].defaults.get('backbone')
+    if own is None:
+        return []
+    b = BACKBONES[own]
+    extra = ['--backbone', own, '--pretrained', b.defaults['pretrained'], '--feature_layer', b.default_layer]
+    if b.defaults['pretrained'] == 'none':
+        extra += ['--freeze_backbone', '0', '--feature_cache', '']
+    return extra
+
+
+def proposed_options(method):
+    """The head options of a proposed row written out, for its ablations (e.g. its
+    'w/o Localised-Coattn' is --method no_coattn with them)."""
+    out = []
+    for key, value in METHODS[method].defaults.items():
+        if isinstance(value, bool):
+            out += [f'--{key}'] if value else [f'--no-{key}']
+        else:
+            out += [f'--{key}', str(value)]
+    return out
+
+
 def applicable(method, dataset):
     """Whether a Table 1 row exists for this dataset (the paper's '-' cells)."""
     swire = dataset in ('SWIRE', 'SyntheticGUI')
     if method == 'swire':
         return swire
     return not (swire and method in VECTOR_ONLY)
+
+
+def suffix(method):
+    """File and run-name suffix of a --proposed model ('' for the paper's)."""
+    return '' if method == 'hierarchy' else f'_{method}'
 
 
 def pct(x):
@@ -121,7 +157,7 @@ def table1(a, base, runs):
         label = METHODS[method].label
         if not applicable(method, a.dataset):
             continue
-        m, run = runs.train(method, ['--method', method])
+        m, run = runs.train(method, ['--method', method, *row_extra(base, method)])
         data[label] = dict(m, run=str(run))
         rows.append([label, f'{pct(m["acc@1"])} / {pct(m["acc@10"])}', f'{m["mean_rank"]:.1f}',
                      paper_cell(PAPER_TABLE1.get(label), a.dataset)])
@@ -142,15 +178,19 @@ def evaluate_at(run, detail, device, rerank=None):
 
 
 def table2(a, base, runs):
+    """Table 2 (and the coarse-sketch Table 3) for the --proposed model: its ablations are the
+    same model without co-attention, and B-Localised-Coattn (w/o Hierarchy)."""
     device = runtime.resolve_device('auto')
     rows, data = [], {}
-    proposed, proposed_run = runs.train('hierarchy', ['--method', 'hierarchy'])
+    p = a.proposed
+    proposed, proposed_run = runs.train(p, ['--method', p])
     siamese, siamese_run = runs.train('siamese', ['--method', 'siamese'])
     entries = []
     if a.dataset in ('SWIRE', 'SyntheticGUI'):
-        explicit = runs.train('explicit', ['--method', 'hierarchy', '--hierarchy', 'explicit'])[0]
+        explicit = runs.train(f'explicit{suffix(p)}', ['--method', p, '--hierarchy', 'explicit'])[0]
         entries.append(('Explicit Hierarchy', explicit))
-    entries += [('w/o Localised-Coattn', runs.train('no_coattn', ['--method', 'no_coattn'])[0]),
+    no_coattn = runs.train(f'no_coattn{suffix(p)}', ['--method', 'no_coattn', *proposed_options(p)])[0]
+    entries += [('w/o Localised-Coattn', no_coattn),
                 ('w/o Hierarchy', runs.train('localised_coattn', ['--method', 'localised_coattn'])[0])]
     coarse = {'full': (siamese, proposed)}
     for detail in ('coarse', 'coarse++'):
@@ -160,13 +200,13 @@ def table2(a, base, runs):
     for label, m in entries:
         data[label] = m
         rows.append([label, pct(m['acc@1']), paper_cell(PAPER_TABLE2.get(label), a.dataset, k=1)])
-    write(Path(a.out), 'table2', f'Table 2 on {a.dataset}: acc@1 (%)', ['row', 'ours', f'paper ({a.dataset})'],
-          rows, data, notes(a, base))
+    write(Path(a.out), f'table2{suffix(p)}', f'Table 2 on {a.dataset}: acc@1 (%), Proposed = --method {p}',
+          ['row', 'ours', f'paper ({a.dataset})'], rows, data, notes(a, base))
     col = {'ChairV2': 0, 'ShoeV2': 1}.get(a.dataset)
     def paper3(d, i):
         return '-' if col is None else f'{PAPER_TABLE3[d][i][col]:.2f}'
     rows3 = [[d, pct(s['acc@10']), pct(p['acc@10']), paper3(d, 0), paper3(d, 1)] for d, (s, p) in coarse.items()]
-    write(Path(a.out), 'table3', f'Coarse sketches on {a.dataset}: acc@10 (%)',
+    write(Path(a.out), f'table3{suffix(p)}', f'Coarse sketches on {a.dataset}: acc@10 (%), Proposed = --method {p}',
           ['sketch', 'B-Siamese (ours)', 'Proposed (ours)', 'B-Siamese (paper)', 'Proposed (paper)'], rows3,
           {d: {'siamese': s, 'proposed': p} for d, (s, p) in coarse.items()}, notes(a, base))
 
@@ -176,9 +216,10 @@ def kregions(a, base, runs):
     regions; trained at each k (--kregions_eval_only: one k = 16 model evaluated at each k)."""
     device = runtime.resolve_device('auto')
     rows, data = [], {}
-    trained = None if not a.kregions_eval_only else runs.train('hierarchy', ['--method', 'hierarchy'])[1]
+    p = a.proposed
+    trained = None if not a.kregions_eval_only else runs.train(p, ['--method', p])[1]
     for k in (8, 12, 16, 20):
-        run = trained or runs.train(f'hierarchy_k{k}', ['--method', 'hierarchy', '--num_regions', str(k)])[1]
+        run = trained or runs.train(f'{p}_k{k}', ['--method', p, '--num_regions', str(k)])[1]
         model, args, _, _ = load_model(run / 'last.pth', {'num_regions': k, 'rerank': 0}, device)
         _, test = build_datasets(options.data_config(args))
         start = time.perf_counter()
@@ -188,11 +229,12 @@ def kregions(a, base, runs):
         data[k] = dict(m, seconds_per_query=per_query, gallery=len(test.gallery))
         paper = [f'{v:.2f}' for v in PAPER_KREGIONS[k]] if a.dataset == 'ChairV2' else ['-', '-']
         rows.append([k, pct(m['acc@1']), f'{per_query:.3f}', *paper])
-    write(Path(a.out), 'kregions', f'Photo regions k on {a.dataset}: acc@1 (%) and seconds per query',
+    write(Path(a.out), f'kregions{suffix(p)}', f'Photo regions k on {a.dataset}: acc@1 (%) and seconds per query '
+                                             f'(--method {p})',
           ['k', 'acc@1 (ours)', 's / query (ours, this machine)', 'acc@1 (paper)', 's / query (paper, GPU)'],
           rows, data, notes(a, base) + [f'Seconds per query: the whole test evaluation (features and the pairwise '
                                         f'head on every pair) divided by the queries, on {device}.'])
-    plot_kregions(Path(a.out) / 'kregions.png', data, a.dataset)
+    plot_kregions(Path(a.out) / f'kregions{suffix(p)}.png', data, a.dataset)
 
 
 def plot_kregions(path, data, dataset):
@@ -225,7 +267,7 @@ def coarse_figure(a, base, runs):
     each model's top photos -> Images/coarse_<dataset>.png."""
     device = runtime.resolve_device('auto')
     runs_of = {'B-Siamese': runs.train('siamese', ['--method', 'siamese'])[1],
-               'Proposed': runs.train('hierarchy', ['--method', 'hierarchy'])[1]}
+               'Proposed': runs.train(a.proposed, ['--method', a.proposed])[1]}
     rows = []
     results = {(name, d): evaluate_at(run, d, device) for name, run in runs_of.items()
                for d in ('full', 'coarse', 'coarse++')}
@@ -246,6 +288,135 @@ def coarse_figure(a, base, runs):
     print(f'coarse-sketch figure: {path}')
 
 
+# The fixes of docs/method.md, section 9 (what the proposed model needs beyond the paper's
+# method): name -> (its options, its short name in a combination's label).
+FIXES = {
+    'node_relu': (['--node_act', 'relu'], 'node relu'),
+    'merge_act_none': (['--merge_act', 'none'], 'no merge ReLU'),
+    'weighted': (['--merge', 'weighted'], 'weighted'),
+    'maxres': (['--merge', 'maxres'], 'maxres'),
+    'root_pool': (['--readout', 'root+pool'], 'root+pool'),
+    'level_loss': (['--level_loss'], 'level_loss'),
+    'scaled': (['--selection', 'scaled'], 'scaled'),
+    'balanced': (['--selection', 'balanced'], 'balanced'),
+    'round_norm': (['--round_norm', 'l2'], 'round_norm'),
+    'level_merges': (['--level_merges', 'all'], 'level_merges all'),
+}
+COMBINATIONS = {
+    'maxres_pool': ('maxres', 'root_pool'),
+    'maxres_pool_all': ('maxres', 'root_pool', 'level_merges'),
+    'maxres_pool_balanced_all': ('maxres', 'root_pool', 'balanced', 'level_merges'),
+    'maxres_pool_norm': ('maxres', 'root_pool', 'round_norm'),
+    'maxres_pool_level': ('maxres', 'root_pool', 'level_loss'),
+    'all_pool': ('level_merges', 'root_pool'),
+    'all_pool_level': ('level_merges', 'root_pool', 'level_loss'),
+    'all_pool_balanced': ('level_merges', 'root_pool', 'balanced'),
+    'all_pool_scaled': ('level_merges', 'root_pool', 'scaled'),
+    'all_pool_relu': ('level_merges', 'root_pool', 'node_relu'),
+    'maxres_pool_all_norm': ('maxres', 'root_pool', 'level_merges', 'round_norm'),
+    'maxres_pool_all_scaled': ('maxres', 'root_pool', 'level_merges', 'scaled'),
+    'maxres_all': ('maxres', 'level_merges'),
+    'weighted_relu_pool': ('node_relu', 'weighted', 'root_pool'),
+    'weighted_relu_pool_all': ('node_relu', 'weighted', 'root_pool', 'level_merges'),
+}
+# `ablation --rows` picks rows by name: the baselines, the paper's model, hierarchy_plus, each fix
+# alone on the paper's model and the combinations. A row: (name, label, options).
+HIERARCHY = ['--method', 'hierarchy']
+ABLATION = [
+    ('siamese', 'B-Siamese', ['--method', 'siamese']),
+    ('localised_coattn', 'B-Localised-Coattn', ['--method', 'localised_coattn']),
+    ('paper', 'Proposed (the paper\'s method)', HIERARCHY),
+    ('plus', 'Proposed+ (--method hierarchy_plus)', ['--method', 'hierarchy_plus']),
+    *[(name, f'+ {" ".join(opts)}', HIERARCHY + opts) for name, (opts, _) in FIXES.items()],
+    *[(name, ' + '.join(FIXES[f][1] for f in fixes), HIERARCHY + [o for f in fixes for o in FIXES[f][0]])
+      for name, fixes in COMBINATIONS.items()],
+]
+
+
+def run_curve(run):
+    """[(step, acc@1, acc@10, mean rank)] of every evaluation of a run (its metrics.jsonl)."""
+    lines = (run / 'metrics.jsonl').read_text().splitlines()
+    return [(m['step'], m['acc@1'], m['acc@10'], m['mean_rank']) for m in map(json.loads, lines)]
+
+
+def spread(values):
+    """'mean ± half the range' of percentages (one value: the value)."""
+    v = [100 * x for x in values]
+    mean = sum(v) / len(v)
+    return f'{mean:.2f}' if len(v) == 1 else f'{mean:.2f} ± {(max(v) - min(v)) / 2:.2f}'
+
+
+def ablation(a, base, runs):
+    """Every ABLATION row (or --rows) at --seeds: acc@1 of the last evaluation and the best one
+    (the authors' protocol: best test acc@1 over the evaluations), acc@10 and mean rank of the
+    last, mean ± half the range over seeds."""
+    rows, data = [], {}
+    chosen = [r for r in ABLATION if not a.rows or r[0] in a.rows]
+    for name, label, opts in chosen:
+        # Seed 0 is the default: its run is the one a table command trains with the same options.
+        curves = [run_curve(runs.train(f'{name}-s{seed}', [*opts, *(['--seed', str(seed)] if seed else [])])[1])
+                  for seed in a.seeds]
+        last = [c[-1] for c in curves]
+        best = [max(x[1] for x in c) for c in curves]
+        late = [sum(x[1] for x in c[-3:]) / len(c[-3:]) for c in curves]
+        data[name] = dict(label=label, options=opts, seeds=a.seeds, curves=curves)
+        rows.append([label, spread([x[1] for x in last]), spread(best), spread(late), spread([x[2] for x in last]),
+                     f'{sum(x[3] for x in last) / len(last):.2f}'])
+    write(Path(a.out), a.name or 'ablation', f'Ablation on {a.dataset}: acc@1 / acc@10 (%), seeds {a.seeds}',
+          ['row', 'acc@1 (last)', 'acc@1 (best)', 'acc@1 (last 3)', 'acc@10 (last)', 'mean rank (last)'], rows,
+          data, notes(a, base) + ['"last": the last evaluation; "best": the highest acc@1 over the evaluations of '
+                                  'a run (the authors\' protocol); "last 3": the mean of the last three '
+                                  'evaluations (steadier than one). Mean ± half the range over the seeds.'])
+    plot_curves(Path(a.out) / f'{a.name or "ablation"}.png', data, a.dataset)
+
+
+COLOURS = [(0, 90, 200), (200, 60, 0), (0, 150, 60), (150, 0, 150), (120, 120, 0), (0, 140, 140),
+           (90, 90, 90), (220, 120, 0), (60, 0, 200), (200, 0, 80), (0, 0, 0), (100, 60, 20), (0, 200, 200),
+           (160, 160, 255)]
+
+
+def plot_curves(path, data, dataset, width=960, height=480, pad=56, legend=330):
+    """acc@1 against the training step of every row: the mean over its seeds, and with several
+    seeds a light band from the lowest to the highest seed (PIL only)."""
+    from PIL import Image, ImageDraw
+    img = Image.new('RGB', (width, height), 'white')
+    d = ImageDraw.Draw(img)
+    series = {}
+    for row in data.values():
+        steps = [x[0] for x in row['curves'][0]]
+        per = [[100 * c[k][1] for c in row['curves'] if k < len(c)] for k in range(len(steps))]
+        series[row['label']] = [(x, sum(v) / len(v), min(v), max(v)) for x, v in zip(steps, per)]
+    top = max((hi for s in series.values() for *_, hi in s), default=1) * 1.1
+    right = max((x for s in series.values() for x, *_ in s), default=1)
+
+    def xy(x, v):
+        return pad + x / right * (width - 2 * pad - legend), height - pad - v / top * (height - 2 * pad)
+    d.line([xy(0, 0), xy(right, 0)], fill='black')
+    d.line([xy(0, 0), xy(0, top)], fill='black')
+    for v in range(0, int(top) + 1, 10):
+        d.line([xy(0, v), xy(right, v)], fill=(235, 235, 235))
+        d.text((pad - 24, xy(0, v)[1] - 6), f'{v}', fill='black')
+    for k in range(5):
+        x = round(right * k / 4)
+        d.text((xy(x, 0)[0] - 12, height - pad + 8), f'{x}', fill='black')
+    d.text((width // 2 - legend // 2 - 30, height - 24), 'training step', fill='black')
+    for k, (label, pts) in enumerate(series.items()):
+        colour = COLOURS[k % len(COLOURS)]
+        if any(hi > lo for *_, lo, hi in pts):
+            band = [xy(x, hi) for x, _, _, hi in pts] + [xy(x, lo) for x, _, lo, _ in reversed(pts)]
+            d.polygon(band, fill=tuple(255 - (255 - c) // 6 for c in colour))
+    for k, (label, pts) in enumerate(series.items()):
+        colour = COLOURS[k % len(COLOURS)]
+        d.line([xy(x, v) for x, v, *_ in pts], fill=colour, width=2)
+        ly = pad + 16 * k
+        d.line([(width - legend + 10, ly + 6), (width - legend + 25, ly + 6)], fill=colour, width=3)
+        d.text((width - legend + 30, ly), label[:52], fill=colour)
+    seeds = max(len(row['curves']) for row in data.values())
+    d.text((pad, 12), f'{dataset}: acc@1 % against training steps'
+                      + (f' (mean over {seeds} seeds; band: lowest to highest)' if seeds > 1 else ''), fill='black')
+    img.save(path)
+
+
 def notes(a, base):
     gpu = f', {torch.cuda.get_device_name()}' if torch.cuda.is_available() else ', no GPU'
     return [f'Command: `python tables.py {" ".join(a.argv)}`',
@@ -253,7 +424,8 @@ def notes(a, base):
             f'evaluation of each run.', f'Machine: {torch.get_num_threads()} CPU threads{gpu}.']
 
 
-TABLES = {'table1': table1, 'table2': table2, 'kregions': kregions, 'coarse_figure': coarse_figure}
+TABLES = {'table1': table1, 'table2': table2, 'kregions': kregions, 'coarse_figure': coarse_figure,
+          'ablation': ablation}
 
 
 def main(argv=None):
@@ -263,10 +435,16 @@ def main(argv=None):
     p.add_argument('table', choices=list(TABLES))
     p.add_argument('--out', default=None, help='folder for the tables and runs (default: tables/<dataset>)')
     p.add_argument('--methods', nargs='+', choices=list(METHODS), help='table1: only these rows')
+    p.add_argument('--proposed', default='hierarchy', choices=PROPOSED,
+                   help='table2, kregions, coarse_figure: the model in the Proposed rows (hierarchy: the paper\'s '
+                        'method; hierarchy_plus: ours, docs/method.md section 9); its files get a suffix')
     p.add_argument('--kregions_eval_only', action='store_true',
                    help='kregions: evaluate one model trained at k = 16 at each k instead of training each')
     p.add_argument('--figure_sketches', type=options.positive_int, default=3)
     p.add_argument('--figure', default=None, help='coarse_figure: the PNG (default Images/coarse_<dataset>.png)')
+    p.add_argument('--rows', nargs='+', choices=[r[0] for r in ABLATION], help='ablation: only these rows')
+    p.add_argument('--seeds', nargs='+', type=options.nonneg_int, default=[0], help='ablation: one run per seed')
+    p.add_argument('--name', default=None, help='ablation: the name of the table files (default ablation)')
     a, base = p.parse_known_args(argv)
     a.argv = argv
     a.dataset = options.parse_args('main', base).dataset     # the row options are checked up front

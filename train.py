@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+import feature_cache
 import retrieval
 import runtime
 from backbones import FeatureExtractor
@@ -73,10 +74,12 @@ def learning_rate(args, step, total_steps):
 
 def make_optimizer(model, args):
     """Adam over two parameter groups: the backbones' (backbones.FeatureExtractor) at --lr and the
-    rest (region projection, head, embeddings) at --lr x --head_lr_mult. learning_rate scales both."""
+    rest (region projection, head, embeddings) at --lr x --head_lr_mult. learning_rate scales both.
+    Frozen stages (--freeze_backbone) are not in it."""
     inner = {id(p) for m in model.modules() if isinstance(m, FeatureExtractor) for p in m.parameters()}
-    groups = [{'params': [p for p in model.parameters() if id(p) in inner], 'lr_mult': 1.0},
-              {'params': [p for p in model.parameters() if id(p) not in inner], 'lr_mult': args.head_lr_mult}]
+    trained = [p for p in model.parameters() if p.requires_grad]
+    groups = [{'params': [p for p in trained if id(p) in inner], 'lr_mult': 1.0},
+              {'params': [p for p in trained if id(p) not in inner], 'lr_mult': args.head_lr_mult}]
     return torch.optim.Adam([g for g in groups if g['params']], lr=args.lr)
 
 
@@ -97,15 +100,16 @@ def all_finite(value, device):
 
 def train_step(model, loss_fn, batch, optimizer, device, aux_weight=1.0, amp='none', scaler=None):
     """One triplet step for any method: encode the batch's sketches and the photos the loss needs
-    (loss_fn.photo_keys), score loss_fn's pairs, add the model's auxiliary distances' losses.
-    Returns the loss; a non-finite loss raises TrainingStopped before the weights change."""
+    (loss_fn.photo_keys), score loss_fn's pairs, and sum the triplet loss of every distance the
+    model trains on (model.training_distances: the pairs, and a first stage weighted by
+    aux_weight, the fusion levels averaged). Returns the loss; a non-finite loss raises
+    TrainingStopped before the weights change."""
     parts = [(modality(k), batch_inputs(batch, k, device)) for k in ('sketch', *loss_fn.photo_keys)]
     qi, gi = loss_fn.pairs(len(batch['sketch']), device)
     with autocast(device, amp):
-        dist_main, *aux = model(parts, qi, gi)
-        loss = loss_fn(dist_main.float(), batch['photo_name'])
-        for d in aux:
-            loss = loss + aux_weight * loss_fn(d.float(), batch['photo_name'])
+        terms = model(parts, qi, gi)
+        loss = sum({'first_stage': aux_weight}.get(name, 1.0) * loss_fn(d.float(), batch['photo_name'])
+                   for name, d in terms.items())
     value = loss.item()
     if not all_finite(value, device):
         raise TrainingStopped(f'non-finite loss ({value})')
@@ -156,6 +160,7 @@ class Trainer:
                                   f'incomplete or foreign ({type(e).__name__}: {e})') from None
 
     def checkpoint(self, file, rng):
+        feature_cache.save_all(self.model)
         save_checkpoint(self.run_dir / file, args=vars(self.args), model=self.model.state_dict(),
                         optimizer=self.optimizer.state_dict(), step=self.step, best_acc1=self.best,
                         metrics=self.last_metrics, rng=rng[0], rng_ranks=rng)
@@ -182,8 +187,13 @@ class Trainer:
                                  eval_seconds=time.time() - t0)
         if self.rank != 0:
             return
+        diagnostics = retrieval.diagnose(self.model, self.test, self.device, a.eval_batch_size)
+        if diagnostics:
+            self.last_metrics['diagnostics'] = diagnostics
         for k in ('acc@1', 'acc@10', 'mean_rank'):
             self.writer.add_scalar(f'test/{k}', metrics[k], self.step)
+        for k, v in diagnostics.items():
+            self.writer.add_scalar(f'diagnostics/{k}', v, self.step)
         fig = retrieval.retrieval_figure(self.test, dist_, targets, ranks, self.shown)
         fig.save(self.run_dir / 'retrieval_last.png')
         self.writer.add_image('test/retrieval', np.asarray(fig), self.step, dataformats='HWC')

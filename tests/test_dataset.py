@@ -426,3 +426,40 @@ def test_real_chairv2():
     g = test.gallery[big[0]] if big else test.gallery[0]
     assert g['photo_boxes'][0].tolist() == [0, 0, 224, 224] and boxes_inside(g['photo_boxes'], 224)
     assert len(test.gallery) == 100 and len(test.queries) == 323
+
+
+@pytest.mark.skipif(not REAL or not os.path.isdir(os.path.join(REAL or '', 'ChairV2')),
+                    reason='FGSBIR_DATA (the folder holding ChairV2/) is not set')
+def test_real_chairv2_validation_split():
+    """--validation 0.2: about a fifth of the 300 training photos with all their sketches, never a
+    test photo, the same photos on every call (an md5 of the names)."""
+    config = make_config('ChairV2', REAL, '--validation', '0.2')
+    full, index = dataset.load_index(make_config('ChairV2', REAL)), dataset.load_index(config)
+    val_photos, train_photos = {r.photo for r in index.test}, {r.photo for r in index.train}
+    assert 45 <= len(val_photos) <= 75 and not val_photos & train_photos
+    assert val_photos | train_photos == {r.photo for r in full.train}
+    assert len(index.test) + len(index.train) == len(full.train)
+    assert not val_photos & {r.photo for r in full.test}
+    assert {r.photo for r in dataset.load_index(config).test} == val_photos
+
+
+def test_validation_split_of_a_small_dataset(qmul_root):
+    index = dataset.load_index(make_config('ChairV2', qmul_root, '--validation', '0.3'))
+    held = {r.photo for r in index.test}
+    assert held and held < {'chair_a.png', 'chair_b.png', 'c3.png'}
+    assert all(r.photo not in held for r in index.train)
+    with pytest.raises(DatasetError, match='holds out 0 of the 3'):
+        dataset.load_index(make_config('ChairV2', qmul_root, '--validation', '0.0001'))
+
+
+def test_images_carry_keys_of_their_pixels(qmul_root):
+    """Every image an item gives has a key (dataset.image_key) that names its pixels: equal images,
+    equal keys; a mirrored one gets '+flip'."""
+    train, test = dataset.build_datasets(make_config('ChairV2', qmul_root, '--flip_prob', '1'))
+    item = train[0]
+    for k in ('sketch', 'positive', 'negative'):
+        assert item[f'{k}_key'].endswith('+flip')
+    again = train[0]
+    assert item['positive_key'] == again['positive_key'] and item['sketch_key'] != item['positive_key']
+    g = test.gallery[0]
+    assert g['photo_key'] == dataset.image_key((g['photo'] * 255).round().to(torch.uint8))
