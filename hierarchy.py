@@ -57,10 +57,11 @@ def merge_layer(dim, relu, init='identity'):
     layer = nn.Linear(2 * dim, dim)
     if init in ('identity', 'zero'):
         with torch.no_grad():
-            layer.weight.copy_(torch.cat([torch.eye(dim), torch.eye(dim)], dim=1) / 2)
             layer.bias.zero_()
             if init == 'zero':
                 layer.weight.zero_()
+            else:
+                layer.weight.copy_(torch.cat([torch.eye(dim), torch.eye(dim)], dim=1) / 2)
     return nn.Sequential(layer, nn.ReLU()) if relu else layer
 
 

@@ -313,9 +313,8 @@ class CrossModalHierarchy(RetrievalModel):
         """levels: a list that receives, per fusion level, the distances [P] of the pairs' L2
         max-pooled nodes after that level (the level loss)."""
         extra = {'p_plan': p['plan'][gi]} if 'plan' in p else {}
-        pooled = None if levels is None else []
         if levels is not None:
-            extra['levels'] = pooled
+            extra['levels'] = pooled = []
         s_out, p_out = self.head(s['nodes'][qi], s['mask'][qi], p['nodes'][gi], p['mask'][gi], **extra)
         if levels is not None:
             levels += [pair_distance(a, b) for a, b in pooled]
