@@ -27,10 +27,8 @@ class PairHead(nn.Module):
     Training mode draws straight-through Gumbel noise from `gumbel(shape, like)`; eval is greedy.
     """
 
-    # Pairs per pass of the evaluation fast path: a pass's working set stays near the CPU's caches
-    # (a few MB per tensor at D = 256). On a 2-core CPU 128-256 was best with one thread, 256-512
-    # with two (D = 256 and 512); benchmarks/head_speed.py's 'chunks' section measures it.
-    eval_chunk = 256
+    # Pairs per pass of the evaluation fast path; None: eval_pairs(device, ...) (256 on a CPU).
+    eval_chunk = None
 
     def __init__(self, coattention, sketch_fusion, photo_fusion, gumbel=sample_gumbel, readout='root',
                  round_norm='none'):
@@ -65,7 +63,17 @@ class PairHead(nn.Module):
         layouts.merge_plan; the general loop runs then). levels: a list that receives, after
         every round, each side's L2 max-pool of its nodes ([B, D], [B, D]) (the level loss).
         Returns (s_out [B, E], p_out [B, E]) and, with return_rounds, rounds: long [B]; E = D, or
-        2D with readout 'root+pool'."""
+        2D with readout 'root+pool'.
+
+        The head runs in float32 with autocast off, whatever the caller's precision (--amp): its
+        selection (argmax of logits + Gumbel noise), the residual stream over ~15 rounds and the
+        compatibility of raw 512-d nodes need float32 (bf16 has 256 levels; fp16 overflows at
+        65504), and its small matrix products are bound by launches, not by arithmetic."""
+        with torch.autocast(s.device.type, enabled=False):
+            out, rounds = self._forward(_full(s), s_mask, _full(p), p_mask, p_plan, levels)
+        return (*out, rounds) if return_rounds else out
+
+    def _forward(self, s, s_mask, p, p_mask, p_plan, levels):
         if self.sketch_fusion is None:
             s, p = self.coattention(s, s_mask, p, p_mask)
             out = (masked_max(s, s_mask), masked_max(p, p_mask))
@@ -78,48 +86,88 @@ class PairHead(nn.Module):
             out, rounds = self._loop_eval(s, s_mask, p, p_mask)
         else:
             out, rounds = self._loop(s, s_mask, p, p_mask, p_plan, levels)
-        return (*out, rounds) if return_rounds else out
+        return out, rounds
 
     def _loop(self, s, s_mask, p, p_mask, p_plan=None, levels=None, trace=None, roots=None):
         """The general loop (training, and any head the fast path does not compute). levels: as
         forward; trace: a list that receives, per round, (rows of the pairs that worked or None
         for all, (sketch pairs, photo pairs) long [b, T, 2] merged, -1 where a side did not merge);
         roots: a list that receives the two roots [B, D] before the readout.
+        Which pairs and sides work in each round follows from the node counts alone, so it is
+        planned once on the host (`_schedule`: one read of the counts, one copy of the row
+        indices to the device) and the rounds themselves never wait for the device.
         Returns ((s_out, p_out), rounds)."""
+        plan = self._schedule(s_mask, p_mask, p_plan is not None)
         state = [s, s_mask, s_mask.to(s.dtype), p, p_mask, p_mask.to(p.dtype)]   # nodes, mask, leaf counts
         pool = [masked_max(s, s_mask), masked_max(p, p_mask)] if self.readout == 'root+pool' else None
-        rounds = torch.zeros(len(s), dtype=torch.long, device=s.device)
-        for r in itertools.count():
-            active = (state[1].sum(1) > 1) | (state[4].sum(1) > 1)
-            if not active.any():
-                break
-            rounds += active
+        for r, (idx, s_need, p_need, merges, (ns, np_)) in enumerate(plan.rounds):
             # Gumbel noise for every pair at the full width, so that a pair's noise does not
             # depend on which other pairs are still active (tests replay it pair by pair).
             noise = [None, None] if not self.training else \
                 [self.gumbel((len(x), x.shape[1], x.shape[1]), x) for x in (state[0], state[3])]
             # A side merges in every round until it is one node, so round r is its merge r.
             forced = None if p_plan is None or r >= p_plan.shape[1] else p_plan[:, r]
-            idx = None if active.all() else active.nonzero()[:, 0]      # only the unfinished pairs work
-            sub = state if idx is None else [t[idx] for t in state]
+            sub = state if idx is None else [t[idx] for t in state]      # only the unfinished pairs work
             if idx is not None:
                 noise = [None if z is None else z[idx] for z in noise]
                 forced = None if forced is None else forced[idx]
-            new, attended, pairs = self._round(sub, *noise, forced)
+            new, attended, pairs = self._round(sub, *noise, forced, (s_need, p_need), merges)
             state = new if idx is None else [full.index_copy(0, idx, part) for full, part in zip(state, new)]
             if r == 0 and pool is not None:     # the baseline's readout: max-pool after one co-attention
                 first = (masked_max(attended[0], sub[1]), masked_max(attended[1], sub[4]))
                 pool = list(first) if idx is None else [x.index_copy(0, idx, y) for x, y in zip(pool, first)]
             if trace is not None:
                 trace.append((idx, pairs))
-            ns, np_ = int(state[1].sum(1).max()), int(state[4].sum(1).max())
             state = [t[:, :ns] for t in state[:3]] + [t[:, :np_] for t in state[3:]]
             if levels is not None:
                 levels.append(tuple(nn.functional.normalize(masked_max(x, m), dim=1)
                                     for x, m in ((state[0], state[1]), (state[3], state[4]))))
         if roots is not None:
             roots += [state[0][:, 0], state[3][:, 0]]
-        return self._readout(state[0][:, 0], state[3][:, 0], pool), rounds
+        return self._readout(state[0][:, 0], state[3][:, 0], pool), plan.count
+
+    def _schedule(self, s_mask, p_mask, forced):
+        """The loop's rounds planned on the host from the node counts (one host read): a side with
+        c > 1 nodes merges one pair per round (c // 2 with level_merges 'all'; the forced merges
+        of --hierarchy explicit: one), until both sides of a pair are one node. Returns a
+        _Schedule: rounds, per round (rows of the pairs still working or None for all, rows of
+        those among them whose sketch side merges or None for all, the same for the photo side,
+        the picks per level (s, p), the state's widths after it (ns, np)); count, long [B] the
+        rounds of each pair. Row lists are views of one tensor copied to the device once."""
+        counts = torch.stack([s_mask.sum(1), p_mask.sum(1)]).tolist()
+        halve = [f.level_merges == 'all' for f in (self.sketch_fusion, self.photo_fusion)]
+        halve[1] = halve[1] and not forced
+        flat, rounds, count = [], [], [0] * len(counts[0])
+
+        def rows(sel, of):              # None when sel is every row of `of`
+            if len(sel) == len(of):
+                return None
+            flat.extend(sel)
+            return (len(flat) - len(sel), len(sel))
+        while True:
+            active = [k for k in range(len(count)) if counts[0][k] > 1 or counts[1][k] > 1]
+            if not active:
+                break
+            need = [[j for j, k in enumerate(active) if c[k] > 1] for c in counts]
+            merges = tuple(max((c[k] // 2 if h else 1) for k in active if c[k] > 1) if n else 0
+                           for c, h, n in zip(counts, halve, need))
+            for k in active:
+                count[k] += 1
+            for c, h in zip(counts, halve):
+                for k in active:
+                    c[k] = c[k] - (c[k] // 2 if h else 1) if c[k] > 1 else c[k]
+            rounds.append((rows(active, count), *(rows(n, active) if n else () for n in need), merges,
+                           (max(counts[0]), max(counts[1]))))
+        flat.extend(count)
+        packed = torch.tensor(flat, dtype=torch.long)
+        if s_mask.device.type == 'cuda':
+            packed = packed.pin_memory()
+        packed = packed.to(s_mask.device, non_blocking=True)
+
+        def view(sel):
+            return sel if sel is None or sel == () else packed[sel[0]:sel[0] + sel[1]]
+        return _Schedule([(view(i), view(s), view(p), m, w) for i, s, p, m, w in rounds],
+                         packed[len(flat) - len(count):])
 
     def _readout(self, s_root, p_root, pool):
         """The pair embedding: the roots [B, D] (readout 'root', the paper), or [L2 root ; L2
@@ -181,9 +229,10 @@ class PairHead(nn.Module):
     def _loop_eval(self, s, s_mask, p, p_mask):
         """The loop in evaluation mode without autograd: the same rounds and greedy choices as
         `_loop`, with less work per round (numbers: benchmarks/head_speed.py):
-          - pairs sorted by (rounds, Ns, Np) and run `eval_chunk` at a time: each pass keeps its
-            working set near the CPU's caches, has little padding, and its unfinished pairs are
-            always a prefix (a view, no copy); a finished pair's output is written once;
+          - pairs sorted by (rounds, Ns, Np) and run `eval_chunk` (eval_pairs) at a time: on a
+            CPU each pass keeps its working set near the caches, on a GPU it is as large as fits;
+            a pass has little padding, and its unfinished pairs are always a prefix (a view, no
+            copy); a finished pair's output is written once;
           - the greedy pair as the first maximum of the masked [n, n] compatibility (no candidate
             list, no one-hot), the merge's inputs and the new node order by row indices;
           - the products that are linear in a side's nodes alone (attention projection, the X half
@@ -203,8 +252,9 @@ class PairHead(nn.Module):
         with torch.inference_mode():
             sides = self._eval_sides(_Workspace(s).take)
             s_out, p_out = s.new_empty(b_all, d), p.new_empty(b_all, d)
-            for start in range(0, b_all, self.eval_chunk):
-                stop = min(start + self.eval_chunk, b_all)
+            chunk = self.eval_chunk or eval_pairs(s.device, max(s.shape[1], p.shape[1]), d)
+            for start in range(0, b_all, chunk):
+                stop = min(start + chunk, b_all)
                 self._pass_eval(s, p, ns, np_, order[start:stop], schedule[start:stop], sides,
                                 s_out[start:stop], p_out[start:stop])
         return self._unsort(order, s_out, p_out), rounds
@@ -264,37 +314,47 @@ class PairHead(nn.Module):
         return (_EvalSide('s', self.sketch_fusion, carry[0], take),
                 _EvalSide('p', self.photo_fusion, carry[1], take))
 
-    def _round(self, state, s_noise, p_noise, p_forced=None):
+    def _round(self, state, s_noise, p_noise, p_forced, need, merges):
         """One round on state [s, s_mask, s_sizes, p, p_mask, p_sizes] -> (the new state, the nodes
-        after co-attention (s, p), the pairs merged (s_pairs, p_pairs))."""
+        after co-attention (s, p), the pairs merged (s_pairs, p_pairs)). need, merges: per side,
+        the rows that merge and the picks per level (_schedule)."""
         s, s_mask, s_size, p, p_mask, p_size = state
         if self.coattention is not None:
             s, p = self.coattention(s, s_mask, p, p_mask)
         attended = (s, p)
-        s, s_mask, s_size, s_pair = _fuse_where_needed(self.sketch_fusion, s, s_mask, s_size, s_noise)
-        p, p_mask, p_size, p_pair = _fuse_where_needed(self.photo_fusion, p, p_mask, p_size, p_noise, p_forced)
+        s, s_mask, s_size, s_pair = _fuse_where_needed(self.sketch_fusion, s, s_mask, s_size, s_noise,
+                                                       None, need[0], merges[0])
+        p, p_mask, p_size, p_pair = _fuse_where_needed(self.photo_fusion, p, p_mask, p_size, p_noise, p_forced,
+                                                       need[1], merges[1])
         if self.round_norm == 'l2':
             s, p = nn.functional.normalize(s, dim=-1), nn.functional.normalize(p, dim=-1)
         return [s, s_mask, s_size, p, p_mask, p_size], attended, (s_pair, p_pair)
 
 
-def _fuse_where_needed(fusion, x, mask, sizes, noise, forced=None):
-    """One fusion level on the rows with more than one node; the width is kept. Returns
-    (x, mask, sizes, pairs long [B, T, 2], -1 for the rows that did not merge)."""
-    need = mask.sum(1) > 1
-    if not need.any():
+def _fuse_where_needed(fusion, x, mask, sizes, noise, forced, need, merges):
+    """One fusion level on the rows `need` (long [b]; None: every row; (): none), which have more
+    than one node; the width is kept. merges: picks per level (host int). Returns (x, mask,
+    sizes, pairs long [B, T, 2], -1 for the rows that did not merge)."""
+    if isinstance(need, tuple):
         return x, mask, sizes, torch.full((len(x), 1, 2), -1, dtype=torch.long, device=x.device)
-    idx = need.nonzero()[:, 0]
-    y, y_mask, y_sizes, pair = fusion(x[idx], mask[idx], None if noise is None else noise[idx],
-                                      None if forced is None else forced[idx], sizes[idx])
-    pairs = torch.full((len(x), *pair.shape[1:]), -1, dtype=torch.long, device=x.device)
+    sel = (lambda t: t) if need is None else (lambda t: t[need])
+    y, y_mask, y_sizes, pair = fusion(sel(x), sel(mask), None if noise is None else sel(noise),
+                                      None if forced is None else sel(forced), sel(sizes), merges)
     y = nn.functional.pad(y, (0, 0, 0, 1))
     y_mask = nn.functional.pad(y_mask, (0, 1))
     y_sizes = nn.functional.pad(y_sizes, (0, 1))
-    if len(idx) == len(x):
+    if need is None:
         return y, y_mask, y_sizes, pair
-    return (x.index_copy(0, idx, y), mask.index_copy(0, idx, y_mask), sizes.index_copy(0, idx, y_sizes),
-            pairs.index_copy(0, idx, pair))
+    pairs = torch.full((len(x), *pair.shape[1:]), -1, dtype=torch.long, device=x.device)
+    return (x.index_copy(0, need, y), mask.index_copy(0, need, y_mask), sizes.index_copy(0, need, y_sizes),
+            pairs.index_copy(0, need, pair))
+
+
+class _Schedule:
+    """PairHead._schedule's plan: rounds (a list) and count (long [B], rounds per pair)."""
+
+    def __init__(self, rounds, count):
+        self.rounds, self.count = rounds, count
 
 
 class _Workspace:
@@ -391,6 +451,19 @@ class _EvalSide:
         return x_new, self.carry(x_new)
 
 
+def eval_pairs(device, nodes, dim):
+    """Pairs per pass of the evaluation fast path (and, on a GPU, per call: model.distance_matrix)
+    for nodes x dim node sets. CPU: 256, so that a pass's working set stays near the caches (a few
+    MB per tensor at D = 256; on a 2-core CPU 128-256 was best with one thread, 256-512 with two;
+    benchmarks/head_speed.py's 'chunks' section). CUDA: a GPU is bound by launches (~20 per
+    round per pass, whatever its size), so as many pairs as fit in a quarter of the free memory
+    at 24 node-sized float32 tensors per pair (the gathered nodes, the workspace), at most 65536."""
+    if device.type != 'cuda':
+        return 256
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(256, min(65536, free // 4 // (24 * nodes * dim * 4))))
+
+
 def _mean_weights(a, b):
     """Leaf weights {leaf: w} of a node merged as the mean of nodes with weights a and b."""
     out = {}
@@ -411,6 +484,11 @@ def _trim(x, counts, carry, b, width):
     x = x[:b, :width].contiguous()
     carry = None if carry is None else carry[:b, :width].contiguous()
     return x, counts[:b], carry
+
+
+def _full(x):
+    """x in float32 unless it is float32 or float64 already (the references run in float64)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def masked_max(x, mask):

@@ -102,7 +102,7 @@ class NodeFusion(nn.Module):
             return torch.bmm(y, y.transpose(1, 2)) * self.log_scale.exp()
         return torch.bmm(y, y.transpose(1, 2))
 
-    def forward(self, x, mask, noise=None, forced=None, sizes=None):
+    def forward(self, x, mask, noise=None, forced=None, sizes=None, merges=None):
         """x: [B, N, D] nodes, mask: bool [B, N] real nodes first, every row with >= 2 of them.
         noise: [B, N, N] Gumbel noise added to C (training: straight-through Gumbel-softmax);
         None picks greedily (evaluation; ties go to the first pair in row-major order).
@@ -110,7 +110,9 @@ class NodeFusion(nn.Module):
         Hierarchy's tree merges; no gradient reaches the compatibility then).
         sizes: [B, N] the number of leaves under each node (None: every node a leaf).
         One pair per level (the paper), or with level_merges 'all' floor(n / 2) disjoint pairs,
-        picked one after another among the nodes not yet picked (the same rule each time).
+        picked one after another among the nodes not yet picked (the same rule each time);
+        merges: how many picks the widest row needs (a host int, PairHead._schedule), so that no
+        pick waits for the device to say whether any row has a pair left (None: found out so).
         Returns (x' [B, N', D], mask' [B, N'], sizes' [B, N'], pairs long [B, T, 2]): the nodes
         not merged in their old order, then the merged ones in the order they were picked;
         `pairs` the (a, b) merged, (-1, -1) where a row had no pair left."""
@@ -126,14 +128,14 @@ class NodeFusion(nn.Module):
         noise = None if noise is None else noise[:, i, j]
         used = ~mask
         picks = []
-        for t in range(1 if self.level_merges == 'one' else n // 2):
+        for t in range(1 if self.level_merges == 'one' else n // 2 if merges is None else merges):
             invalid = used[:, i] | used[:, j]
             if self.selection.startswith('balanced'):
                 combined = (sizes[:, i] + sizes[:, j]).masked_fill(invalid, float('inf'))
                 invalid = invalid | (combined > combined.amin(1, keepdim=True))
             # Every row has a pair at t = 0; later rows may have run out (no host sync at t = 0).
             valid = None if t == 0 else ~invalid.all(1)
-            if valid is not None and not valid.any():
+            if merges is None and valid is not None and not valid.any():
                 break
             logits = compat.masked_fill(invalid, float('-inf'))
             if noise is None:
@@ -146,7 +148,7 @@ class NodeFusion(nn.Module):
                 hard = F.one_hot(pick, len(i)).to(x.dtype)
                 choice = hard - soft.detach() + soft                    # forward hard, backward soft
                 agreed = pick == logits.detach().argmax(1)
-                step = torch.stack([agreed.sum(), torch.tensor(b, device=x.device)] if valid is None else
+                step = torch.stack([agreed.sum(), agreed.new_full((), b, dtype=torch.long)] if valid is None else
                                    [(agreed & valid).sum(), valid.sum()]).to(torch.float64)
                 self.agreement = step if self.agreement is None else self.agreement + step
             if valid is not None:       # rows without a pair: nothing chosen (and no NaN from the softmax)

@@ -19,7 +19,7 @@ from torchvision.ops import roi_align
 from tqdm import tqdm
 
 from backbones import build_backbone
-from head import PairHead, build_head
+from head import PairHead, build_head, eval_pairs
 
 
 # ----------------------------------------------------------------------------- features
@@ -86,8 +86,14 @@ def modality(key):
 
 def pair_distance(s, p):
     """Squared Euclidean distance of pair embeddings: [P, D], [P, D] -> [P]. The one distance that
-    training (triplet loss) and evaluation (ranking) use."""
-    return (s - p).pow(2).sum(1)
+    training (triplet loss) and evaluation (ranking) use; in float32 under --amp too (the
+    difference of two close bf16 vectors has few bits left)."""
+    with torch.autocast(s.device.type, enabled=False):
+        return (_full(s) - _full(p)).pow(2).sum(1)
+
+
+def _full(x):
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 # ----------------------------------------------------------------------------- the interface
@@ -99,6 +105,9 @@ class RetrievalModel(nn.Module):
     """
     needs_points = False
     pairwise = True
+    # Set under DistributedDataParallel (main.py): every trained parameter then takes part in each
+    # step's graph (see forward), as DDP's gradient reduction requires.
+    every_parameter = False
 
     def encode(self, parts):
         """parts: list of (modality 'sketch' | 'photo', inputs dict of batch_inputs).
@@ -135,13 +144,26 @@ class RetrievalModel(nn.Module):
         order) and score the pairs. Returns training_distances."""
         s, *photos = self.encode(parts)
         p = concat(photos) if len(photos) > 1 else photos[0]
-        return self.training_distances(s, p, qi, gi)
+        out = self.training_distances(s, p, qi, gi)
+        if self.every_parameter:
+            # Some parameters get no gradient in some steps: the compatibility under the forced
+            # merges of --hierarchy explicit, a side's fusion when a share's sketches are all one
+            # node, the whole head at --num_regions 1. DDP waits for every parameter's gradient,
+            # so each one joins the graph with weight 0 (one element of each; its gradient is 0,
+            # and the other ranks' gradients still arrive through the all-reduce).
+            touched = torch.cat([q.view(-1)[:1] for q in self.parameters() if q.requires_grad])
+            out['pairs'] = out['pairs'] + 0 * touched.sum()
+        return out
 
     @torch.no_grad()
     def distance_matrix(self, s, p, chunk=2048, rows=None, cols=None, progress=False):
         """[Q, G] distances of every sketch with every photo (or of the given rows [Q, M] of photo
-        indices per query: returns [Q, M]), pairs scored `chunk` at a time."""
+        indices per query: returns [Q, M]), pairs scored `chunk` at a time (on a GPU at least as
+        many as fit: head.eval_pairs)."""
         q = len(next(iter(s.values())))
+        nodes = s.get('nodes')
+        if nodes is not None and nodes.device.type == 'cuda':
+            chunk = max(chunk, eval_pairs(nodes.device, max(nodes.shape[1], p['nodes'].shape[1]), nodes.shape[2]))
         if cols is None:
             g = len(next(iter(p.values())))
             cols = torch.arange(g, device=_device(p)).expand(q, g)
@@ -215,35 +237,38 @@ class RegionEncoder(nn.Module):
             rows = cache.get(box_keys, lambda idx: self._pool(self.backbone(images[idx]), images.shape[-1],
                                                               boxes[idx], mask[idx], split=True))
             rows = [r.to(images.device) for r in rows]
-            regions, global_pool = torch.cat([r[1:] for r in rows]), torch.stack([r[0] for r in rows])
+            regions = torch.stack([nn.functional.pad(r[1:], (0, 0, 0, mask.shape[1] + 1 - len(r))) for r in rows])
+            global_pool = torch.stack([r[0] for r in rows])
         else:
             fmap = self.backbone(images) if keys is None else self.backbone(images, keys)
             regions, global_pool = self._pool(fmap, images.shape[-1], boxes, mask)
-        feats = self.proj(regions)                                                   # [M, D]
+        feats = self.proj(regions)                                                   # [B, N, D]
         if self.node_act == 'relu':     # non-negative nodes, as VGG-16's pooled features are
             feats = torch.relu(feats)
         if self.node_norm == 'l2':
-            feats = nn.functional.normalize(feats, dim=1)
-        out = feats.new_zeros(*mask.shape, feats.shape[1])
-        out[mask] = feats
+            feats = nn.functional.normalize(feats, dim=-1)
+        out = feats.masked_fill(~mask[..., None], 0)
         return (out, global_pool) if pooled else out
 
     def _pool(self, fmap, size, boxes, mask, split=False):
-        """fmap: [B, C, h, w] of images `size` pixels wide -> (regions [M, C]: RoIAlign of the real
-        boxes, max-pooled; the map's global max-pool [B, C]); with split, per image [1 + n_i, C]
-        (global pool, then regions)."""
+        """fmap: [B, C, h, w] of images `size` pixels wide -> (regions [B, N, C]: RoIAlign of every
+        box slot, max-pooled (padded slots hold finite values, masked later); the map's global
+        max-pool [B, C]); with split, per image [1 + n_i, C] (global pool, then its real regions).
+        Every slot is pooled, so that no boolean mask makes the host wait for the device; RoIAlign
+        runs in float32 under --amp too (bf16 would round the batch index above 256 and the box
+        coordinates to whole pixels in [128, 256): another image's or another place's region)."""
         # The scale of the actual tensors (e.g. 7/224 for VGG-16), not a nominal stride.
         scale = fmap.shape[-1] / size
         b, n = mask.shape
-        batch_idx = torch.arange(b, device=boxes.device, dtype=boxes.dtype)[:, None].expand(b, n)
-        rois = torch.cat([batch_idx[mask][:, None], boxes[mask]], dim=1)             # [M, 5]
-        pooled_rois = roi_align(fmap, rois.to(fmap.dtype), self.roi_size, spatial_scale=scale,
-                                sampling_ratio=2, aligned=True)                     # [M, C, r, r]
-        regions, global_pool = pooled_rois.amax(dim=(2, 3)), fmap.amax(dim=(2, 3))
+        batch_idx = torch.arange(b, device=boxes.device, dtype=torch.float32)[:, None, None].expand(b, n, 1)
+        rois = torch.cat([batch_idx, boxes.float()], dim=2).view(b * n, 5)         # [B * N, 5]
+        with torch.autocast(fmap.device.type, enabled=False):
+            pooled_rois = roi_align(fmap.float(), rois, self.roi_size, spatial_scale=scale,
+                                    sampling_ratio=2, aligned=True)                 # [B * N, C, r, r]
+        regions, global_pool = pooled_rois.amax(dim=(2, 3)).view(b, n, -1), fmap.amax(dim=(2, 3))
         if not split:
             return regions, global_pool
-        parts = regions.split(mask.sum(1).tolist())
-        return [torch.cat([g[None], r]) for g, r in zip(global_pool, parts)]
+        return [torch.cat([g[None], r[:k]]) for g, r, k in zip(global_pool, regions, mask.sum(1).tolist())]
 
 
 def region_encoders(args):
