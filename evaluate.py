@@ -58,12 +58,17 @@ def main(argv=None):
     explicit = options.explicit_args('evaluate', argv)
     typed = options.parse_args('evaluate', argv)
     device = runtime.resolve_device(typed.device)
-    overrides = {k: v for k, v in explicit.items() if k not in ('checkpoint', 'device', 'query', 'gallery', 'topk')}
+    overrides = {k: v for k, v in explicit.items()
+                 if k not in ('checkpoint', 'device', 'query', 'gallery', 'topk', 'amp')}
+    problem = runtime.check_amp(typed.amp, device)
+    if problem:
+        raise SystemExit(f'error: {problem}')
     try:
         model, args, state, path = load_model(typed.checkpoint, overrides, device)
-        if typed.query:
-            return search(model, args, path, typed.query, typed.gallery, typed.topk, device)
-        return evaluate_split(model, args, state, path, device)
+        with runtime.autocast(device, typed.amp):
+            if typed.query:
+                return search(model, args, path, typed.query, typed.gallery, typed.topk, device)
+            return evaluate_split(model, args, state, path, device)
     except (DatasetError, PretrainedWeightsError, CheckpointError, WriteError) as e:
         raise SystemExit(f'error: {e}') from None
     except OSError as e:   # writing the figure or the metrics: full disk, read-only folder

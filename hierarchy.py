@@ -123,7 +123,7 @@ class NodeFusion(nn.Module):
         if forced is not None:      # candidate index of (a, b) in the row-major upper triangle
             a, c = forced[:, 0], forced[:, 1]
             k = a * n - a * (a + 1) // 2 + (c - a - 1)
-            return self._merge(x, mask, counts, sizes, [(F.one_hot(k, len(i)).to(x.dtype), k, None)], i, j)
+            return self._merge(x, mask, counts, sizes, [(one_hot(k, len(i), x.dtype), k, None)], i, j)
         compat = self.compatibility(x)[:, i, j]                         # [B, K]
         noise = None if noise is None else noise[:, i, j]
         used = ~mask
@@ -140,12 +140,12 @@ class NodeFusion(nn.Module):
             logits = compat.masked_fill(invalid, float('-inf'))
             if noise is None:
                 pick = logits.argmax(1)
-                choice = F.one_hot(pick, len(i)).to(x.dtype)
+                choice = one_hot(pick, len(i), x.dtype)
             else:
                 scores = logits + noise
                 soft = torch.softmax(scores, dim=1)
                 pick = scores.argmax(1)
-                hard = F.one_hot(pick, len(i)).to(x.dtype)
+                hard = one_hot(pick, len(i), x.dtype)
                 choice = hard - soft.detach() + soft                    # forward hard, backward soft
                 agreed = pick == logits.detach().argmax(1)
                 step = torch.stack([agreed.sum(), agreed.new_full((), b, dtype=torch.long)] if valid is None else
@@ -154,7 +154,7 @@ class NodeFusion(nn.Module):
             if valid is not None:       # rows without a pair: nothing chosen (and no NaN from the softmax)
                 choice = torch.where(valid[:, None], choice, 0)
             picks.append((choice, pick, valid))
-            hit = F.one_hot(i[pick], n).bool() | F.one_hot(j[pick], n).bool()
+            hit = one_hot(i[pick], n, torch.bool) | one_hot(j[pick], n, torch.bool)
             used = used | (hit if valid is None else hit & valid[:, None])
         return self._merge(x, mask, counts, sizes, picks, i, j)
 
@@ -163,7 +163,7 @@ class NodeFusion(nn.Module):
         (i, j), pick long [B], valid bool [B] or None for all rows)], disjoint pairs."""
         b, n, d = x.shape
         pos = torch.arange(n, device=x.device)
-        pick_a, pick_b = F.one_hot(i, n).to(x.dtype), F.one_hot(j, n).to(x.dtype)
+        pick_a, pick_b = one_hot(i, n, x.dtype), one_hot(j, n, x.dtype)
         merged, merged_sizes, pairs, drop = [], [], [], torch.zeros_like(mask)
         for choice, k, valid in picks:
             # The chosen pair's vectors as choice-weighted sums, so the merge sees the gradient path.
@@ -209,6 +209,12 @@ class NodeFusion(nn.Module):
                 and type(m[1]) is nn.ReLU):
             m, relu = m[0], True
         return (m, relu) if isinstance(m, nn.Linear) and m.bias is not None else None
+
+
+def one_hot(idx, n, dtype):
+    """idx: long [...] -> [..., n] of dtype; F.one_hot without its range check, which on a CPU
+    reads min and max back to the host (its CUDA kernel does not; this keeps both alike)."""
+    return (idx[..., None] == torch.arange(n, device=idx.device)).to(dtype)
 
 
 _IOTA = {}

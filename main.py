@@ -64,8 +64,10 @@ def setup(argv):
     if args.resume:
         explicit = options.explicit_args('main', argv)
         _, state, args = load_checkpoint(args.resume, args, explicit)
-    if args.amp != 'none' and device.type != 'cuda':
-        raise SystemExit(f'error: --amp {args.amp} needs a CUDA device (running on {device})')
+    problem = runtime.check_amp(args.amp, device)
+    if problem:
+        raise SystemExit(f'error: {problem}')
+    runtime.tune_cuda(device, args.tf32)
     run_dir = runtime.broadcast_object(run_folder(args, state is not None) if rank == 0 else None)
     return args, state, run_dir, device
 
@@ -86,6 +88,7 @@ def main(argv=None):
         if args.freeze_backbone:
             feature_cache.attach(model, args.feature_cache)
         optimizer = make_optimizer(model, args)
+        model.every_parameter = world > 1       # DDP needs every parameter's gradient in every step
         ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None) \
             if world > 1 else None
         trainer = Trainer(args, model, TripletLoss.from_options(args), optimizer, train_set, test, run_dir,

@@ -248,7 +248,11 @@ def train_part():
     t.add_argument('--seed', type=nonneg_int, default=0)
     t.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     t.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16'),
-                   help='mixed precision (CUDA autocast) for training and evaluation')
+                   help='mixed precision (autocast) for training and evaluation: CUDA; bf16 also on a CPU. '
+                        'The pairwise head runs in float32 either way')
+    t.add_argument('--tf32', action='store_true',
+                   help='CUDA: TensorFloat-32 for float32 matrix products and convolutions (faster on '
+                        'Ampere and later, ~10 mantissa bits)')
     return p
 
 
@@ -280,6 +284,8 @@ def evaluate_part():
                    help='search: a folder of photos (default: the test gallery of the dataset); its '
                         'index (region features, first-stage embeddings) is built once and reused')
     c.add_argument('--topk', type=positive_int, default=10, help='search: photos to print')
+    c.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16'),
+                   help='mixed precision (autocast) for the features: CUDA; bf16 also on a CPU')
     return p
 
 

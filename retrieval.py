@@ -27,7 +27,7 @@ def encode_set(model, dataset, key, batch_size, device, workers=0, progress=True
     # Its own generator: a loader seeds its iterator from the global one otherwise, and evaluating
     # would then change the Gumbel noise of the training steps after it.
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
-                        generator=torch.Generator().manual_seed(0))
+                        pin_memory=torch.device(device).type == 'cuda', generator=torch.Generator().manual_seed(0))
     feats, targets = [], []
     for batch in tqdm(loader, desc=f'{key} features', leave=False, dynamic_ncols=True, disable=not progress):
         feats.append(model.encode([('sketch' if key == 'sketch' else 'photo', batch_inputs(batch, key, device))])[0])
@@ -104,11 +104,15 @@ def evaluate(model, test, device, batch_size=32, workers=0, chunk=2048, rerank=0
     Returns (metrics, scores [Q, G], targets [Q], ranks [Q]) on the CPU."""
     was_training = model.training
     model.eval()
-    queries = Subset(test.queries, list(shard(len(test.queries))))
-    s, targets = encode_set(model, queries, 'sketch', batch_size, device, workers, progress)
+    mine = list(shard(len(test.queries)))
     p, _ = encode_set(model, test.gallery, 'photo', batch_size, device, workers, progress)
-    scores = rank_scores(model, s, p, rerank, chunk, progress)
-    scores = runtime.all_gather_cat(scores).cpu()
+    if mine:
+        s, targets = encode_set(model, Subset(test.queries, mine), 'sketch', batch_size, device, workers, progress)
+        scores = rank_scores(model, s, p, rerank, chunk, progress)
+    else:       # fewer queries than processes: this one has none, but still joins the gathers
+        scores = torch.empty(0, len(test.gallery), device=device)
+        targets = torch.empty(0, dtype=torch.long, device=device)
+    scores = runtime.all_gather_cat(scores.float()).cpu()
     targets = runtime.all_gather_cat(targets.to(device)).cpu()
     metrics, ranks = retrieval_metrics(scores, targets)
     model.train(was_training)

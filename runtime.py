@@ -7,12 +7,14 @@ helper here is the identity. `broadcast_buffers` gives every process rank 0's ba
 statistics before an evaluation; `rng_states` / `restore_rng` keep each process's random state
 in the checkpoint, so that a resumed run draws the same Gumbel noise on every process.
 """
+import contextlib
 import os
 import random
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def resolve_device(name, local_rank=0):
@@ -50,8 +52,14 @@ def set_rng_state(state):
     kind, keys, pos, has_gauss, cached = state['numpy']
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state['cuda'])
+    if torch.cuda.is_available():
+        if 'cuda' in state:
+            torch.cuda.set_rng_state(state['cuda'])
+        else:
+            # A checkpoint of a CPU run: seed CUDA's generator from the restored CPU state, so the
+            # resumed run does not replay the Gumbel noise of its first steps (the seed's stream).
+            g = torch.Generator().set_state(state['torch'])
+            torch.cuda.manual_seed(int(torch.randint(2 ** 62, (1,), generator=g)))
 
 
 def rng_states():
@@ -71,6 +79,36 @@ def restore_rng(state):
     rank, size = world()
     states = state.get('rng_ranks')
     set_rng_state(states[rank] if isinstance(states, list) and len(states) == size else state['rng'])
+
+
+def tune_cuda(device, tf32=False):
+    """On CUDA: cuDNN picks its fastest convolution for the (fixed) image size; with tf32,
+    float32 matrix products and convolutions use TensorFloat-32. Nothing on other devices."""
+    if device.type != 'cuda':
+        return
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(tf32)
+
+
+def autocast(device, amp):
+    """Mixed precision (--amp bf16 | fp16) on the device: CUDA, or a CPU for bf16 (the checks of
+    the GPU path run there); nothing otherwise. The pairwise head always runs in float32
+    (head.PairHead.forward)."""
+    if amp == 'none' or (device.type != 'cuda' and amp != 'bf16'):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
+
+
+def check_amp(amp, device):
+    """An --amp the device cannot run, as one line (None when it can)."""
+    if amp == 'fp16' and device.type != 'cuda':
+        return f'--amp fp16 needs a CUDA device (running on {device}; --amp bf16 runs on a CPU)'
+    if amp == 'bf16' and device.type == 'cuda' and not torch.cuda.is_bf16_supported():
+        return (f'--amp bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support '
+                f'(use --amp fp16 or none)')
+    if amp != 'none' and device.type not in ('cuda', 'cpu'):
+        return f'--amp {amp} needs a CUDA device or a CPU (running on {device})'
+    return None
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -141,3 +179,55 @@ def all_gather_cat(t):
     out = [torch.zeros_like(padded) for _ in sizes]
     dist.all_gather(out, padded)
     return torch.cat([o[:n] for o, (n, _) in zip(out, sizes)])
+
+
+# ----------------------------------------------------------------------------- host reads
+class HostReads(TorchDispatchMode):
+    """Counts the operations that make the host wait for the device (on CUDA, a synchronisation
+    each): reading a value (.item(), bool(), int(), .tolist()), nonzero, boolean-mask indexing,
+    copies to the CPU. On a CPU nothing waits, but the count is the same, so a test there shows
+    a regression of the GPU path. Also counts every operation (ops). Use as a context manager."""
+
+    READS = {'aten._local_scalar_dense', 'aten.nonzero', 'aten.masked_select', 'aten.unique',
+             'aten._unique2', 'aten.unique_consecutive', 'aten.is_nonzero'}
+
+    def __init__(self):
+        super().__init__()
+        self.reads, self.ops, self.names = 0, 0, []
+
+    def __enter__(self):
+        self._tolist = torch.Tensor.tolist
+        counter = self
+
+        def tolist(t):        # on a CPU tensor no operation runs; on CUDA it is a copy to the host
+            if t.device.type != 'cuda':
+                counter._count('tolist')
+            return counter._tolist(t)
+        torch.Tensor.tolist = tolist
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.Tensor.tolist = self._tolist
+        return super().__exit__(*exc)
+
+    def _count(self, name):
+        self.reads += 1
+        self.names.append(name)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = str(func.overloadpacket)
+        self.ops += 1
+        if name in self.READS:
+            self._count(name)
+        elif name in ('aten.index', 'aten.index_put', 'aten.index_put_', 'aten._index_put_impl_'):
+            indices = args[1] if len(args) > 1 else kwargs.get('indices', ())
+            if any(i is not None and i.dtype == torch.bool for i in indices):
+                self._count(f'{name} (boolean mask)')
+        elif name in ('aten._to_copy', 'aten.copy_', 'aten.to'):
+            src = args[1] if name == 'aten.copy_' else args[0]
+            dst = args[0].device if name == 'aten.copy_' else kwargs.get('device')
+            if torch.is_tensor(src) and src.device.type == 'cuda' and dst is not None \
+                    and torch.device(dst).type == 'cpu':
+                self._count(f'{name} (to the CPU)')
+        return func(*args, **kwargs)

@@ -128,6 +128,7 @@ def query_inputs(spec, args, device):
     return img, batch_inputs(collate([item]), 'sketch', device)
 
 
+@torch.no_grad()
 def search(model, args, checkpoint, query, gallery, topk, device):
     """Print the top-k photos of the gallery for the query and draw them; returns [(name, distance)]."""
     img, inputs = query_inputs(query, args, device)

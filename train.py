@@ -5,7 +5,6 @@ Under torchrun each process takes its share of every global batch of --batch_siz
 same triplets a single process would see, in the same steps); DistributedDataParallel averages
 the gradients, rank 0 logs, evaluates and writes checkpoints.
 """
-import contextlib
 import json
 import math
 import time
@@ -83,18 +82,12 @@ def make_optimizer(model, args):
     return torch.optim.Adam([g for g in groups if g['params']], lr=args.lr)
 
 
-def autocast(device, amp):
-    """Mixed precision on CUDA (--amp bf16 | fp16), nothing otherwise."""
-    if amp == 'none' or device.type != 'cuda':
-        return contextlib.nullcontext()
-    return torch.autocast('cuda', dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
-
-
 def all_finite(value, device):
     """Whether `value` is finite on every process (all must stop together, or DDP hangs)."""
+    if runtime.world()[1] == 1:
+        return math.isfinite(value)
     ok = torch.tensor(float(math.isfinite(value)), device=device)
-    if runtime.world()[1] > 1:
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     return bool(ok.item())
 
 
@@ -106,20 +99,22 @@ def train_step(model, loss_fn, batch, optimizer, device, aux_weight=1.0, amp='no
     TrainingStopped before the weights change."""
     parts = [(modality(k), batch_inputs(batch, k, device)) for k in ('sketch', *loss_fn.photo_keys)]
     qi, gi = loss_fn.pairs(len(batch['sketch']), device)
-    with autocast(device, amp):
+    with runtime.autocast(device, amp):
         terms = model(parts, qi, gi)
         loss = sum({'first_stage': aux_weight}.get(name, 1.0) * loss_fn(d.float(), batch['photo_name'])
                    for name, d in terms.items())
+    # The backward pass is queued before the step's one host read of the loss, so the host does
+    # not wait for the forward pass alone; the weights change only after the check.
+    optimizer.zero_grad(set_to_none=True)
+    (loss if scaler is None else scaler.scale(loss)).backward()
     value = loss.item()
     if not all_finite(value, device):
+        optimizer.zero_grad(set_to_none=True)
         raise TrainingStopped(f'non-finite loss ({value})')
-    optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
-        scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
         optimizer.step()
     return value
 
@@ -138,13 +133,13 @@ class Trainer:
         # shift the Gumbel noise of a run resumed mid-epoch.
         self.loader = DataLoader(train_set, batch_size=args.batch_size // self.world, sampler=self.sampler,
                                  drop_last=True, collate_fn=collate, num_workers=args.workers,
-                                 persistent_workers=args.workers > 0,
+                                 persistent_workers=args.workers > 0, pin_memory=device.type == 'cuda',
                                  generator=torch.Generator().manual_seed(args.seed))
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.total_steps = args.max_steps or args.epochs * self.steps_per_epoch
         self.eval_every = args.eval_every or self.steps_per_epoch
         self.step, self.best, self.last_metrics = 0, -1.0, None
-        self.scaler = torch.amp.GradScaler('cuda') if args.amp == 'fp16' and device.type == 'cuda' else None
+        self.scaler = torch.amp.GradScaler(device.type) if args.amp == 'fp16' else None
         self.writer = None
         self.shown = retrieval.figure_queries(len(test.queries), args.figure_queries)
 
@@ -154,6 +149,8 @@ class Trainer:
             self.optimizer.load_state_dict(state['optimizer'])
             self.step, self.best = int(state['step']), float(state['best_acc1'])
             self.last_metrics = state.get('metrics')
+            if self.scaler is not None and 'scaler' in state:     # fp16: the loss scale it had reached
+                self.scaler.load_state_dict(state['scaler'])
             runtime.restore_rng(state)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
             raise CheckpointError(f'{self.args.resume}: cannot resume from it, its training state is '
@@ -163,13 +160,14 @@ class Trainer:
         feature_cache.save_all(self.model)
         save_checkpoint(self.run_dir / file, args=vars(self.args), model=self.model.state_dict(),
                         optimizer=self.optimizer.state_dict(), step=self.step, best_acc1=self.best,
-                        metrics=self.last_metrics, rng=rng[0], rng_ranks=rng)
+                        metrics=self.last_metrics, rng=rng[0], rng_ranks=rng,
+                        **({} if self.scaler is None else {'scaler': self.scaler.state_dict()}))
 
     def evaluate(self):
         t0 = time.time()
         a = self.args
         runtime.broadcast_buffers(self.model)     # every process evaluates rank 0's model
-        with autocast(self.device, a.amp):
+        with runtime.autocast(self.device, a.amp):
             metrics, dist_, targets, ranks = retrieval.evaluate(
                 self.model, self.test, self.device, a.eval_batch_size, a.workers, a.pair_chunk, a.rerank,
                 progress=self.rank == 0)
