@@ -191,8 +191,11 @@ class HostReads(TorchDispatchMode):
     READS = {'aten._local_scalar_dense', 'aten.nonzero', 'aten.masked_select', 'aten.unique',
              'aten._unique2', 'aten.unique_consecutive', 'aten.is_nonzero'}
 
-    def __init__(self):
+    def __init__(self, cuda_only=False):
+        """cuda_only: count only reads of CUDA tensors (on a GPU: Adam's step counts, say, are
+        host tensors whose .item() waits for nothing)."""
         super().__init__()
+        self.cuda_only, self.paused = cuda_only, False
         self.reads, self.ops, self.names = 0, 0, []
 
     def __enter__(self):
@@ -200,7 +203,7 @@ class HostReads(TorchDispatchMode):
         counter = self
 
         def tolist(t):        # on a CPU tensor no operation runs; on CUDA it is a copy to the host
-            if t.device.type != 'cuda':
+            if t.device.type != 'cuda' and not counter.cuda_only:
                 counter._count('tolist')
             return counter._tolist(t)
         torch.Tensor.tolist = tolist
@@ -211,14 +214,27 @@ class HostReads(TorchDispatchMode):
         return super().__exit__(*exc)
 
     def _count(self, name):
-        self.reads += 1
-        self.names.append(name)
+        if not self.paused:
+            self.reads += 1
+            self.names.append(name)
+
+    @contextlib.contextmanager
+    def pause(self):
+        """Reads inside are not counted (e.g. Adam's step counts: host tensors on CUDA too)."""
+        self.paused = True
+        try:
+            yield
+        finally:
+            self.paused = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = str(func.overloadpacket)
         self.ops += 1
-        if name in self.READS:
+        on_cuda = any(torch.is_tensor(a) and a.device.type == 'cuda' for a in args)
+        if self.cuda_only and not on_cuda and name != 'aten._to_copy' and name != 'aten.copy_':
+            pass
+        elif name in self.READS:
             self._count(name)
         elif name in ('aten.index', 'aten.index_put', 'aten.index_put_', 'aten._index_put_impl_'):
             indices = args[1] if len(args) > 1 else kwargs.get('indices', ())

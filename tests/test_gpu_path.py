@@ -332,3 +332,20 @@ def test_ddp_one_node_and_an_empty_query_shard(tmp_path):
     code, out = torchrun(tmp_path, *args, *COMMON, '--output_dir', tmp_path / 'runs')
     assert code == 0, out[-3000:]
     assert 'done in' in out and 'acc@1 100.00%' in out          # one photo in the gallery
+
+
+# ----------------------------------------------------------------------------- the GPU check script
+def test_gpu_check_script_runs_on_cpu(tmp_path):
+    """benchmarks/gpu_check.sh --cpu: every section with tiny settings (bf16 autocast on the CPU),
+    a resume and the checkpoint's evaluation with and without --amp; each figure it prints."""
+    env = {**os.environ, 'GPU_CHECK_OUT': str(tmp_path), 'OMP_NUM_THREADS': '1'}
+    p = subprocess.run(['bash', str(REPO / 'benchmarks' / 'gpu_check.sh'), '--cpu'], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-3000:]
+    for line in ('host reads/step', 's per query (the paper: 0.67 s per query)', '% of it',
+                 'resumed', 'gpu_check: all checks passed'):
+        assert line in out, line
+    rows = [x.split() for x in p.stdout.splitlines() if x.startswith(('resnet18_light ', 'vgg16 '))]
+    assert [(r[0], r[1], r[4]) for r in rows] == [('resnet18_light', 'bf16', '2'), ('vgg16', 'bf16', '2')]
+    assert p.stdout.count('test (6 sketches, 3 photos') == 2          # evaluate.py: float32 and --amp bf16
