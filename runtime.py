@@ -6,6 +6,8 @@ GPUs, gloo on CPUs); without it everything runs in one process and `world()` is 
 helper here is the identity. `broadcast_buffers` gives every process rank 0's batch-norm
 statistics before an evaluation; `rng_states` / `restore_rng` keep each process's random state
 in the checkpoint, so that a resumed run draws the same Gumbel noise on every process.
+`autocast` / `check_amp` are --amp's; `HostReads` counts the operations that make the host wait
+for a GPU (on any device), so that a CPU test sees a regression of the GPU path.
 """
 import contextlib
 import os
