@@ -185,7 +185,7 @@ class NodeFusion(nn.Module):
         keep = mask & ~drop
         # New order: kept nodes in their old order, then the merged ones in pick order.
         big = n + len(picks)
-        key = torch.cat([torch.where(keep, pos, big), torch.where(ok, n + pos.new_tensor(range(len(picks))), big)], 1)
+        key = torch.cat([torch.where(keep, pos, big), torch.where(ok, n + torch.arange(len(picks), device=x.device), big)], 1)
         width = n - 1
         order = torch.argsort(key, dim=1)[:, :width]
         new_count = counts - ok.sum(1)
