@@ -69,7 +69,7 @@ def size_item(text):
 # hours or an out-of-memory. Applied to the parsers by build_parser.
 RANGES = {
     'image_size': (32, 2048), 'num_regions': (1, 256), 'line_width': (1, 32), 'merge_gap': (0, 1),
-    'max_sketch_nodes': (0, 256), 'max_sketch_strokes': (1, 1024), 'max_sketch_points': (2, 65536),
+    'max_sketch_nodes': (0, 256), 'max_sketch_strokes': (1, 4096), 'max_sketch_points': (2, 65536),
     'dim': (1, 8192), 'att_dim': (1, 8192), 'seq_dim': (1, 8192), 'first_stage_dim': (0, 8192), 'roi_size': (1, 32),
     'batch_size': (1, 4096), 'eval_batch_size': (1, 4096), 'pair_chunk': (1, 2 ** 20), 'workers': (0, 256),
     'epochs': (1, 10 ** 5), 'max_steps': (1, 10 ** 9), 'eval_every': (1, 10 ** 9), 'rerank': (0, 10 ** 6),
