@@ -25,13 +25,17 @@ Nodes (boxes)
   containment tree (`DataIndex.gui_tree`). Boxes are [x1, y1, x2, y2] floats in the pixel frame of
   their image, right/bottom exclusive (see sketch.py).
 
+Every box table passes proposals.check_boxes; a vector sketch has at most --max_sketch_strokes strokes
+and --max_sketch_points points, an image a bounded number of pixels (files.py).
+
 Repairs (counted and printed by `python dataset.py --summary`; anything else is a DatasetError):
   - vector coordinates at most 16 px off the 256 canvas: clamped onto it;
   - a vector sketch whose last point has pen = 0: its last stroke ends at the last point;
   - photo / GUI boxes partly outside the image: clamped to it; boxes with no area left: dropped
     (a photo with none left is an error); a zero-area GUI root: replaced by the whole screen;
   - null entries in a RICO 'children' list: ignored;
-  - raster sketches with more than `max_nodes` nodes: the largest kept.
+  - raster sketches with more than `max_nodes` nodes: the largest kept;
+  - Folder box cache entries that fail proposals.check_boxes: recomputed.
   Photos with fewer than `num_regions` boxes use what they have (listed in the summary).
 """
 import csv

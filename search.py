@@ -22,9 +22,8 @@ import options
 import retrieval
 import sketch
 import transforms
-from checkpoint import save_checkpoint
+from checkpoint import CheckpointError, save_checkpoint
 from dataset import GallerySet, Images, build_datasets, collate
-from checkpoint import CheckpointError
 from files import SKETCH_MAX_PIXELS, DatasetError, image_size, open_image, read_npy, require
 from model import batch_inputs
 from proposals import IMAGE_EXTENSIONS, BoxCache
@@ -62,13 +61,17 @@ class GalleryIndex:
             ok = False
         if not ok:
             raise StaleIndexError(f'{path} is not a readable gallery index')
-        if state['identity'] != identity:
+        if not isinstance(state['identity'], str) or state['identity'] != identity:
             raise StaleIndexError(f'{path} was built for another checkpoint, other options or other photos')
         feats = state['features']
-        rows = len(photos)
-        if not (state['photos'] == photos and state['names'] == [r[0] for r in photos]
-                and isinstance(feats, dict) and feats
-                and all(torch.is_tensor(v) and v.dim() >= 1 and len(v) == rows for v in feats.values())):
+        try:    # (comparing lists that hold tensors can raise)
+            ok = (isinstance(state['photos'], list) and state['photos'] == photos
+                  and isinstance(state['names'], list) and state['names'] == [r[0] for r in photos]
+                  and isinstance(feats, dict) and bool(feats)
+                  and all(torch.is_tensor(v) and v.dim() >= 1 and len(v) == len(photos) for v in feats.values()))
+        except Exception:
+            ok = False
+        if not ok:
             raise StaleIndexError(f'{path} does not hold one feature row per photo of the gallery, in order')
         feats = {k: v.float() if v.is_floating_point() else v for k, v in feats.items()}
         return cls(list(state['names']), feats, identity, photos)

@@ -4,11 +4,9 @@ pickles (sketches and boxes), pairs.csv, RICO JSON, vector-sketch .npy, PNG and 
 the function the programs use. Every case must end in the project's own error type or in a correct
 result (checked here), never another exception or a crash, within a set time per case; the memory
 the whole run adds is bounded too. Seeded, so the cases are the same on every run."""
-import io
 import resource
 import shutil
 import signal
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,9 +104,12 @@ def fmt_gallery_box_cache(root):
 
 def qmul(root, which):
     folder = write_qmul(root / which)
-    path = folder / 'ChairV2' / 'ChairV2_Coordinate' if which == 'coord' else folder / layouts.BOX_PICKLE.format('ChairV2')
-    return path, lambda p: layouts.load_index('ChairV2', folder, 16, make_config('ChairV2', folder).style), check_index, \
-        (DatasetError,)
+    boxes = folder / layouts.BOX_PICKLE.format('ChairV2')
+    path = folder / 'ChairV2' / 'ChairV2_Coordinate' if which == 'coord' else boxes
+
+    def read(p):
+        return layouts.load_index('ChairV2', folder, 16, make_config('ChairV2', folder).style)
+    return path, read, check_index, (DatasetError,)
 
 
 def fmt_qmul_sketches(root):
@@ -121,8 +122,10 @@ def fmt_qmul_boxes(root):
 
 def fmt_pairs_csv(root):
     folder = write_folder(root / 'csv')
-    return folder / 'pairs.csv', lambda p: layouts.load_index('Folder', folder, 16, make_config('Folder', folder).style), \
-        check_index, (DatasetError,)
+
+    def read(p):
+        return layouts.load_index('Folder', folder, 16, make_config('Folder', folder).style)
+    return folder / 'pairs.csv', read, check_index, (DatasetError,)
 
 
 def fmt_rico_json(root):

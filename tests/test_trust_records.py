@@ -44,7 +44,8 @@ def test_symlinked_alias_of_a_test_photo_is_the_same_photo(tmp_path):
     text = (root / 'pairs.csv').read_text().replace('sketches/dark.png,photos/p0.png,train',
                                                     'sketches/dark.png,alias/p2.png,train')
     (root / 'pairs.csv').write_text(text)        # p2 is the test photo of alpha.png
-    with pytest.raises(DatasetError, match=r"line 4: photo 'photos/p2.png' is in both splits .*train at line 2 as 'alias/p2.png', the same file"):
+    with pytest.raises(DatasetError, match=r"line 4: photo 'photos/p2.png' is in both splits .*"
+                                           r"train at line 2 as 'alias/p2.png', the same file"):
         load(root)
 
 
