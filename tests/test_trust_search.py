@@ -35,14 +35,24 @@ def runs(tmp_path_factory):
     return data, out
 
 
-@pytest.fixture
-def gallery(runs, tmp_path):
+@pytest.fixture(scope='module')
+def built(runs, tmp_path_factory):
+    """A small gallery (six photos) with its box cache and the 'fs' model's index, built once."""
     data, out = runs
-    g = tmp_path / 'gallery'
-    shutil.copytree(data / 'Synthetic' / 'photo', g)
-    for p in sorted(g.glob('*.png'))[6:]:       # a small gallery keeps selective search quick
-        p.unlink()
-    np.save(tmp_path / 'q.npy', QUERY)
+    g = tmp_path_factory.mktemp('built') / 'gallery'
+    g.mkdir()
+    for p in sorted((data / 'Synthetic' / 'photo').glob('*.png'))[:6]:
+        shutil.copy2(p, g / p.name)
+    np.save(g.parent / 'q.npy', QUERY)
+    evaluate.main(search_argv(out, 'fs', g))
+    return g
+
+
+@pytest.fixture
+def gallery(built, tmp_path):
+    """A private copy of the built gallery (photos, box cache, index) and the query beside it."""
+    g = Path(shutil.copytree(built, tmp_path / 'gallery', copy_function=shutil.copy2))
+    shutil.copy2(built.parent / 'q.npy', tmp_path / 'q.npy')
     return g
 
 
@@ -92,6 +102,8 @@ def test_read_only_gallery_is_searched_without_storing_anything(runs, gallery, c
     """Simulated (tests may run as root): no file can be created in the gallery. The note names
     the file and does not send the user to proposals.py, which a gallery does not read."""
     data, out = runs
+    (gallery / search.INDEX_FILE).unlink()
+    (gallery / search.BOX_FILE).unlink()
     before = sorted(os.listdir(gallery))
     real = files.tempfile.mkstemp
 
