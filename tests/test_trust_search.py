@@ -22,6 +22,7 @@ import main
 import search
 
 REPO = Path(__file__).resolve().parents[1]
+BOX_FILE = '.fgsbir_boxes.json'     # the gallery's box cache (search.BOX_FILE)
 QUERY = np.array([[40, 40, 0], [200, 40, 0], [200, 200, 1], [60, 60, 0], [180, 180, 1]], float)
 
 
@@ -67,7 +68,7 @@ def test_bad_gallery_box_cache_entries_are_recomputed_and_counted(runs, gallery)
     data, out = runs
     argv = search_argv(out, 'fs', gallery)
     clean = evaluate.main(argv)
-    cache = gallery / search.BOX_FILE
+    cache = gallery / BOX_FILE
     table = json.loads(cache.read_text())
     names = sorted(table['photos'])
     for name, bad in zip(names, ['NaN', [[-1e30, -1e30, 1e30, 1e30]] * 3, 'boxes', []]):
@@ -103,7 +104,7 @@ def test_read_only_gallery_is_searched_without_storing_anything(runs, gallery, c
     the file and does not send the user to proposals.py, which a gallery does not read."""
     data, out = runs
     (gallery / search.INDEX_FILE).unlink()
-    (gallery / search.BOX_FILE).unlink()
+    (gallery / BOX_FILE).unlink()
     before = sorted(os.listdir(gallery))
     real = files.tempfile.mkstemp
 
@@ -115,7 +116,7 @@ def test_read_only_gallery_is_searched_without_storing_anything(runs, gallery, c
     ranked = evaluate.main(search_argv(out, 'fs', gallery))
     assert len(ranked) == 6
     printed = capsys.readouterr().out
-    assert f'cannot write {gallery / search.BOX_FILE}: permission denied' in printed
+    assert f'cannot write {gallery / BOX_FILE}: permission denied' in printed
     assert f'cannot write {gallery / search.INDEX_FILE}: permission denied' in printed
     assert 'proposals.py' not in printed
     assert sorted(os.listdir(gallery)) == before
