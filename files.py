@@ -120,8 +120,8 @@ EXIF_ORIENTATION = 0x0112
 TRANSPOSED = (5, 6, 7, 8)     # EXIF orientations that swap width and height
 
 
-def _check_pixels(path, im, max_pixels):
-    W, H = im.size
+def _check_pixels(path, size, max_pixels):
+    W, H = size
     require(W * H <= max_pixels, f'{path}: {W}x{H} = {W * H} pixels, more than the limit of {max_pixels}')
 
 
@@ -143,16 +143,16 @@ def image_size(path, max_pixels=PHOTO_MAX_PIXELS):
             turned = _orientation(im) in TRANSPOSED
     except Exception as e:  # decoders raise OSError, SyntaxError, struct.error, ... on bad bytes
         raise DatasetError(f'{path}: not a readable image ({type(e).__name__}: {e})') from None
-    require(size[0] * size[1] <= max_pixels, f'{path}: {size[0]}x{size[1]} = {size[0] * size[1]} pixels, '
-                                             f'more than the limit of {max_pixels}')
+    _check_pixels(path, size, max_pixels)
     return size[::-1] if turned else size
 
 
 def as_rgb(img):
     """PIL image of any mode -> 8-bit RGB: 16-bit integer pixels scaled by 255 / 65535 (not
     clipped), 32-bit integers read as 16-bit (PIL's mode for some 16-bit files), float pixels as
-    [0, 1] when they all lie in it, else as [0, 255] (clipped); alpha (RGBA, LA, PA, a palette
-    with transparency) composited on white; palettes, CMYK and 1-bit expanded."""
+    [0, 1] when they all lie in it, else as [0, 255] (clipped), NaN and infinite pixels as 0; alpha
+    (RGBA, LA, PA, a palette with transparency) composited on white; palettes, CMYK and 1-bit
+    expanded."""
     if img.mode.startswith('I') or img.mode == 'F':
         a = np.asarray(img, dtype=np.float64)
         a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
@@ -172,7 +172,7 @@ def open_image(path, max_pixels=PHOTO_MAX_PIXELS):
     sketches and photos are decoded. DatasetError naming the file if corrupt or over max_pixels."""
     try:
         with Image.open(path) as im:
-            _check_pixels(path, im, max_pixels)
+            _check_pixels(path, im.size, max_pixels)
             im.load()
             return as_rgb(ImageOps.exif_transpose(im))
     except DatasetError:

@@ -51,7 +51,7 @@ def test_qmul_sketch_over_the_stroke_limit_is_one_summary_error(tmp_path, capsys
 
 def test_npy_query_over_the_stroke_limit_is_refused_before_any_drawing(tmp_path):
     np.save(tmp_path / 'q.npy', many_strokes(200))
-    with pytest.raises(DatasetError, match=r'q\.npy: not a vector sketch \(200 strokes, more than --max_sketch_strokes'):
+    with pytest.raises(DatasetError, match=r'q\.npy: not a vector sketch \(200 strokes, more than --max_sketch_str'):
         query(tmp_path / 'q.npy')
     img, inputs = query(tmp_path / 'q.npy', '--max_sketch_strokes', '200')
     assert inputs['boxes'].shape[1] == 200     # one node per stroke
