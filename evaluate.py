@@ -61,6 +61,10 @@ def main(argv=None):
     overrides = {k: v for k, v in explicit.items() if k not in ('checkpoint', 'device', 'query', 'gallery', 'topk')}
     try:
         model, args, state, path = load_model(typed.checkpoint, overrides, device)
+        if args.rerank and not (model.pairwise and model.has_first_stage):
+            print(f'note: --rerank {args.rerank} does not apply: this {args.method} model has no first stage '
+                  f'(--first_stage_dim), so the whole gallery is ranked by its distances')
+            args.rerank = 0
         if typed.query:
             return search(model, args, path, typed.query, typed.gallery, typed.topk, device)
         return evaluate_split(model, args, state, path, device)
