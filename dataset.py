@@ -48,7 +48,7 @@ class DataConfig:
 
 
 def load_photo(path):
-    return sketch.flatten_alpha(open_image(path))
+    return open_image(path)
 
 
 def network_photo(path, photo_input):

@@ -65,6 +65,10 @@ def main(argv=None):
         raise SystemExit(f'error: {problem}')
     try:
         model, args, state, path = load_model(typed.checkpoint, overrides, device)
+        if args.rerank and not (model.pairwise and model.has_first_stage):
+            print(f'note: --rerank {args.rerank} does not apply: this {args.method} model has no first stage '
+                  f'(--first_stage_dim), so the whole gallery is ranked by its distances')
+            args.rerank = 0
         with runtime.autocast(device, typed.amp):
             if typed.query:
                 return search(model, args, path, typed.query, typed.gallery, typed.topk, device)

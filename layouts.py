@@ -25,13 +25,17 @@ Nodes (boxes)
   containment tree (`DataIndex.gui_tree`). Boxes are [x1, y1, x2, y2] floats in the pixel frame of
   their image, right/bottom exclusive (see sketch.py).
 
+Every box table passes proposals.check_boxes; a vector sketch has at most --max_sketch_strokes strokes
+and --max_sketch_points points, an image a bounded number of pixels (files.py).
+
 Repairs (counted and printed by `python dataset.py --summary`; anything else is a DatasetError):
   - vector coordinates at most 16 px off the 256 canvas: clamped onto it;
   - a vector sketch whose last point has pen = 0: its last stroke ends at the last point;
   - photo / GUI boxes partly outside the image: clamped to it; boxes with no area left: dropped
     (a photo with none left is an error); a zero-area GUI root: replaced by the whole screen;
   - null entries in a RICO 'children' list: ignored;
-  - raster sketches with more than `max_nodes` nodes: the largest kept.
+  - raster sketches with more than `max_nodes` nodes: the largest kept;
+  - Folder box cache entries that fail proposals.check_boxes: recomputed.
   Photos with fewer than `num_regions` boxes use what they have (listed in the summary).
 """
 import csv
@@ -47,7 +51,16 @@ import numpy as np
 
 import proposals
 import sketch
-from files import DatasetError, describe_os_error, image_size, open_image, read_pickle, require
+from files import (
+    SKETCH_MAX_PIXELS,
+    DatasetError,
+    describe_os_error,
+    image_size,
+    open_image,
+    read_npy,
+    read_pickle,
+    require,
+)
 
 BOX_PICKLE = '{}_Select_Search_boxes_min10_topN16.pickle'
 FOLDER_BOX_CACHE = 'Folder_boxes.json'
@@ -111,51 +124,22 @@ class DataIndex:
 
 
 # ----------------------------------------------------------------------------- records
-def check_boxes(raw, size, where, index):
-    """Raw box list -> float32 (n, 4) inside the W x H image (module docstring: repairs)."""
-    try:
-        b = np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError):
-        b = np.zeros((0, 0))
-    require(b.ndim == 2 and b.shape[1:] == (4,) and len(b) > 0,
-            f'{where}: boxes must be a non-empty list of [x1, y1, x2, y2]')
-    require(np.isfinite(b).all(), f'{where}: boxes contain NaN or infinite values')
-    W, H = size
-    c = b.copy()
-    c[:, [0, 2]] = c[:, [0, 2]].clip(0, W)
-    c[:, [1, 3]] = c[:, [1, 3]].clip(0, H)
-    moved = (c != b).any(axis=1).sum()
-    if moved:
-        index.repair('boxes clamped to the image', where, moved)
-    ok = (c[:, 2] > c[:, 0]) & (c[:, 3] > c[:, 1])
-    require(ok.any(), f'{where}: no box has a positive area inside the {W}x{H} image')
-    if not ok.all():
-        index.repair('zero-area boxes dropped', where, int((~ok).sum()))
-    return c[ok].astype(np.float32)
-
-
 def add_photos(index, table, photo_paths, where, whole_first):
-    """index.photos for {name: path} from a {name: raw boxes} table. whole_first: box 0 must be
-    the whole photo (the QMUL format), which catches a box table made for other photo sizes."""
+    """index.photos for {name: path} from a {name: raw boxes} table, each checked by
+    proposals.check_boxes (repairs counted). whole_first: box 0 must be the whole photo (the QMUL
+    format), which catches a box table made for other photo sizes."""
     for name, path in sorted(photo_paths.items()):
         size = image_size(path)
-        raw = table[name]
-        if whole_first:
-            try:
-                first = [float(v) for v in raw[0]]
-            except (TypeError, ValueError, IndexError, KeyError):
-                first = None
-            require(first is None or first == [0, 0, *size],
-                    f'{where} [{name!r}]: box 0 is {first} but the photo {path} is {size[0]}x{size[1]} '
-                    f'(box 0 must be the whole photo [0, 0, W, H]: boxes made for another photo size?)')
-        boxes = check_boxes(raw, size, f'{where} [{name!r}]', index)
+        boxes, repairs = proposals.check_boxes(table[name], size, f'{where} [{name!r}] ({path})', whole_first)
+        for what, n in repairs:
+            index.repair(what, f'{where} [{name!r}]', n)
         index.photos[name] = PhotoRecord(path, size, boxes[:index.num_regions])
 
 
 def vector_record(points, name, photo, where, index, style):
     """Validate a vector sketch -> SketchRecord (DatasetError naming `where` if unusable)."""
     try:
-        clean, repairs = sketch.clean_points(points)
+        clean, repairs = style.clean(points)
     except sketch.SketchError as e:
         raise DatasetError(f'{where}: {e}') from None
     for r in repairs:
@@ -167,7 +151,7 @@ def vector_record(points, name, photo, where, index, style):
 def raster_record(path, name, photo, index, style):
     """Decode a raster sketch once, check it has ink, count its nodes -> SketchRecord."""
     try:
-        _, boxes, info = style.raster(open_image(path))
+        _, boxes, info = style.raster(open_image(path, SKETCH_MAX_PIXELS))
     except sketch.SketchError as e:
         raise DatasetError(f'{path}: {e}') from None
     if info['capped']:
@@ -180,7 +164,7 @@ def render_sketch(rec, style):
     if rec.points is not None:
         return style.vector(rec.points)
     try:
-        img, boxes, _ = style.raster(open_image(rec.path))
+        img, boxes, _ = style.raster(open_image(rec.path, SKETCH_MAX_PIXELS))
     except sketch.SketchError as e:
         raise DatasetError(f'{rec.path}: {e}') from None
     return img, boxes
@@ -254,6 +238,8 @@ def gui_nodes(json_path, size, num_regions, index):
             data = json.load(f)
     except (OSError, ValueError) as e:
         raise DatasetError(f'{json_path}: cannot read JSON ({e})') from None
+    except RecursionError:
+        raise DatasetError(f'{json_path}: cannot read JSON (nested too deeply)') from None
     root = data
     if isinstance(data, dict) and isinstance(data.get('activity'), dict):  # raw view hierarchy
         root = data['activity'].get('root')
@@ -267,7 +253,7 @@ def gui_nodes(json_path, size, num_regions, index):
         node, parent = queue.popleft()
         try:
             b = np.asarray(node['bounds'], dtype=np.float64).reshape(4) * scale
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise DatasetError(f'{json_path}: a node has no valid "bounds" [x1, y1, x2, y2]') from None
         require(np.isfinite(b).all(), f'{json_path}: a node has non-finite bounds')
         c = np.minimum(b.clip(0), [W, H, W, H])
@@ -369,12 +355,14 @@ def read_folder(index, style):
             reader.fieldnames = [(c or '').strip() for c in reader.fieldnames or []]   # 'sketch, photo, split'
             lacking = [c for c in ('sketch', 'photo', 'split') if c not in reader.fieldnames]
             require(not lacking, f'{csv_path}: missing column(s) {", ".join(lacking)} (need sketch,photo,split)')
-            rows = list(reader)
+            twice = sorted({c for c in reader.fieldnames if reader.fieldnames.count(c) > 1})
+            require(not twice, f'{csv_path}: column(s) {", ".join(twice)} appear twice in the header')
+            rows = [(reader.line_num, row) for row in reader]   # line_num: the file line, blank lines counted
     except (UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f'{csv_path}: not a UTF-8 CSV file ({e})') from None
     require(rows, f'{csv_path}: no rows')
     photo_paths, seen, photo_split = {}, {}, {}
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         where = f'{csv_path} line {line}'
         sk, ph, split = [(row[c] or '').strip() for c in ('sketch', 'photo', 'split')]
         require(sk and ph, f'{where}: empty sketch or photo path')
@@ -387,23 +375,23 @@ def read_folder(index, style):
             raise DatasetError(f'{where}: sketch {sk!r} is listed twice (first at line {line0}' +
                                (', a duplicate row)' if photo0 == photo else f' with photo {photo0!r})'))
         seen[sk] = line, photo
-        first = photo_split.setdefault(photo, (split, line))
+        # The split check is on the file itself: a symbolic-link alias of a photo is the same photo.
+        first = photo_split.setdefault(ph_path.resolve(), (split, line, photo))
         require(first[0] == split, f'{where}: photo {ph!r} is in both splits (test photos must not be '
-                                   f'trained on; {first[0]} at line {first[1]})')
+                                   f'trained on; {first[0]} at line {first[1]}'
+                                   + (f' as {first[2]!r}, the same file)' if first[2] != photo else ')'))
         if sk_path.suffix.lower() == '.npy':
-            try:
-                points = np.load(sk_path, allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise DatasetError(f'{sk_path}: cannot read .npy ({e})') from None
-            rec = vector_record(points, sk, photo, sk_path, index, style)
+            rec = vector_record(read_npy(sk_path, style.max_points), sk, photo, sk_path, index, style)
         else:
             rec = raster_record(sk_path, sk, photo, index, style)
         getattr(index, split).append(rec)
         photo_paths[photo] = ph_path
     cache = proposals.BoxCache(root / FOLDER_BOX_CACHE)
-    table, computed = cache.boxes(photo_paths)
+    table, computed, bad = cache.boxes(photo_paths)
     if computed:
         index.notes.append(f'selective-search boxes computed for {computed} photos, cached in {cache.path}')
+    if bad:
+        index.repair('bad box cache entries recomputed', cache.path, bad)
     add_photos(index, table, photo_paths, cache.path, whole_first=False)
     index.box_source = str(cache.path)
 

@@ -9,6 +9,8 @@ args.json, metrics.jsonl, best.pth (by acc@1), last.pth, retrieval figures and T
 (tb/). --resume RUN continues an interrupted run exactly.
 """
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ import feature_cache
 import options
 import runtime
 from backbones import PretrainedWeightsError
-from checkpoint import CheckpointError, load_checkpoint
+from checkpoint import MODEL_OPTIONS, CheckpointError, load_checkpoint, load_model_state, read_checkpoint
 from dataset import build_datasets
 from feature_cache import FeatureCacheError
 from files import DatasetError, describe_os_error
@@ -53,6 +55,35 @@ def run_folder(args, resuming):
     raise SystemExit(f'error: no free run folder name for {base} in {out}')
 
 
+# Options that are the data layer's but do not change the data a run sees.
+NOT_DATA = ('help', 'workers', 'image_cache')
+
+
+def refuse_other_data(stored, explicit, path):
+    """--resume continues a run on its own data: a typed --dataset, --data_root or other data option
+    that differs from the stored one is refused, naming it."""
+    def same(key, a, b):
+        if key == 'data_root':
+            return os.path.abspath(str(a)) == os.path.abspath(str(b))
+        if key == 'synthetic_size':
+            return sorted(map(tuple, a or [])) == sorted(map(tuple, b or []))
+        return a == b
+    names = [a.dest for a in options.data_part()._actions if a.dest not in NOT_DATA]
+    changed = [k for k in names if k in explicit and not same(k, explicit[k], stored.get(k))]
+    if changed:
+        raise CheckpointError(f'{path}: --resume continues the run on its own data; '
+                              + ', '.join(f'--{k} {explicit[k]} (stored: {stored.get(k)})' for k in changed)
+                              + f' would change it (start a new run from its weights with --init_from {path})')
+
+
+def drop_failed_run(run_dir, resuming):
+    """A fresh run folder that holds no checkpoint and no metrics when the run fails is removed."""
+    if run_dir is None or resuming or runtime.world()[0] != 0 or not run_dir.is_dir():
+        return
+    if not any(run_dir.glob('*.pth')) and not (run_dir / 'metrics.jsonl').exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def setup(argv):
     """(args, resume state or None, run folder, device) for this process."""
     args = options.parse_args('main', argv)
@@ -60,10 +91,22 @@ def setup(argv):
     if args.batch_size % world:
         raise SystemExit(f'error: --batch_size {args.batch_size} is the global batch; it must be divisible by '
                          f'the {world} processes')
+    if args.negatives != 'sampled' and args.batch_size // world < 2:
+        raise SystemExit(f'error: --negatives {args.negatives} takes the negatives from the other sketches of a '
+                         f'batch; a batch of {args.batch_size // world} per process has none (use --batch_size >= '
+                         f'{2 * world} or --negatives sampled)')
     state = None
+    explicit = options.explicit_args('main', argv)
+    if args.resume and args.init_from:
+        raise SystemExit('error: --resume continues a run, --init_from starts a new one; give one of them')
     if args.resume:
-        explicit = options.explicit_args('main', argv)
-        _, state, args = load_checkpoint(args.resume, args, explicit)
+        path, state, args = load_checkpoint(args.resume, args, explicit)
+        refuse_other_data(state['args'], explicit, path)
+    elif args.init_from:   # a new run on this command line's data, with the model (options) of the checkpoint
+        _, _, init = load_checkpoint(args.init_from, args, explicit)
+        for k in MODEL_OPTIONS:
+            setattr(args, k, getattr(init, k))
+        args.pretrained = 'none'
     problem = runtime.check_amp(args.amp, device)
     if problem:
         raise SystemExit(f'error: {problem}')
@@ -74,7 +117,7 @@ def setup(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    run_dir = None
+    run_dir = state = None
     try:
         args, state, run_dir, device = setup(argv)
         rank, world = runtime.world()
@@ -84,7 +127,10 @@ def main(argv=None):
         train_set, test = build_datasets(options.data_config(args))
         if rank == 0:
             runtime.barrier()
-        model = build_model(args).to(device)
+        model = build_model(args)
+        if args.init_from:
+            load_model_state(model, read_checkpoint(args.init_from)[1], args.init_from, args)
+        model = model.to(device)
         if args.freeze_backbone:
             feature_cache.attach(model, args.feature_cache)
         optimizer = make_optimizer(model, args)
@@ -107,8 +153,13 @@ def main(argv=None):
         t_start = time.time()
         m = trainer.run()
     except (DatasetError, PretrainedWeightsError, CheckpointError, TrainingStopped, FeatureCacheError) as e:
+        drop_failed_run(run_dir, state is not None)
         raise SystemExit(f'error: {e}') from None
+    except SystemExit:
+        drop_failed_run(run_dir, state is not None)
+        raise
     except OSError as e:   # a run folder that became unwritable, a full disk while logging
+        drop_failed_run(run_dir, state is not None)
         raise SystemExit(f'error: {getattr(e, "filename", None) or run_dir or "the run folder"}: '
                          f'{describe_os_error(e)}') from None
     runtime.finish()

@@ -21,7 +21,7 @@ from dataset import PHOTO_INPUTS, DataConfig
 from head import MERGE_ACTS, READOUTS, ROUND_NORMS, VARIANTS
 from hierarchy import INITS, LEVEL_MERGES, MERGES, SELECTIONS
 from model import NODE_ACTS
-from sketch import DETAIL_FRACTION, SketchStyle
+from sketch import DETAIL_FRACTION, MAX_POINTS, MAX_STROKES, SketchStyle
 
 # The paper trains 200 epochs; the embedded datasets get a budget that `python main.py` (light
 # backbone, 2-core CPU) finishes in under 10 minutes.
@@ -58,9 +58,35 @@ probability = _number(float, lambda v: 0 <= v <= 1, 'a probability in [0, 1]')
 def size_item(text):
     """'train_photos=100' -> ('train_photos', 100) (--synthetic_size)."""
     key, sep, value = text.partition('=')
-    if not (sep and key and value.isdigit() and int(value) >= 1):
-        raise argparse.ArgumentTypeError(f'expected KEY=N with N >= 1, e.g. train_photos=100, got {text!r}')
+    if not (sep and key and value.isdigit() and 1 <= int(value) <= MAX_SYNTHETIC_SIZE):
+        raise argparse.ArgumentTypeError(f'expected KEY=N with 1 <= N <= {MAX_SYNTHETIC_SIZE}, e.g. '
+                                         f'train_photos=100, got {text!r}')
     return key, int(value)
+
+
+# The options whose cost (time, memory) grows with their value, and the range each may take: far
+# beyond any real use, but a typo (--image_size 20000, --merge_gap 1000) is one clear line instead of
+# hours or an out-of-memory. Applied to the parsers by build_parser.
+RANGES = {
+    'image_size': (32, 2048), 'num_regions': (1, 256), 'line_width': (1, 32), 'merge_gap': (0, 1),
+    'max_sketch_nodes': (0, 256), 'max_sketch_strokes': (1, 4096), 'max_sketch_points': (2, 65536),
+    'dim': (1, 8192), 'att_dim': (1, 8192), 'seq_dim': (1, 8192), 'first_stage_dim': (0, 8192), 'roi_size': (1, 32),
+    'batch_size': (1, 4096), 'eval_batch_size': (1, 4096), 'pair_chunk': (1, 2 ** 20), 'workers': (0, 256),
+    'epochs': (1, 10 ** 5), 'max_steps': (1, 10 ** 9), 'eval_every': (1, 10 ** 9), 'rerank': (0, 10 ** 6),
+    'figure_queries': (1, 64), 'topk': (1, 10 ** 4), 'seed': (0, 2 ** 32 - 1), 'synthetic_seed': (0, 2 ** 32 - 1),
+}
+MAX_SYNTHETIC_SIZE = 10 ** 5
+
+
+def in_range(parse, lo, hi):
+    """The checked type `parse`, further limited to [lo, hi]."""
+    def check(text):
+        value = parse(text)
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f'must be in [{lo}, {hi}], got {text!r}')
+        return value
+    check.__name__ = f'{parse.__name__} in [{lo}, {hi}]'
+    return check
 
 
 def run_name(text):
@@ -128,6 +154,11 @@ def data_part():
     d.add_argument('--max_sketch_nodes', type=nonneg_int, default=16,
                    help='raster sketches (SWIRE, Folder images): at most this many nodes, the '
                         'whole-image box included; the largest ink boxes are kept (0 = no cap)')
+    d.add_argument('--max_sketch_strokes', type=positive_int, default=MAX_STROKES,
+                   help='vector sketches: more strokes than this is an error naming the file (real ChairV2 '
+                        'sketches have at most 15)')
+    d.add_argument('--max_sketch_points', type=positive_int, default=MAX_POINTS,
+                   help='vector sketches: more points than this is an error naming the file')
     d.add_argument('--merge_gap', type=nonneg_float, default=0.01,
                    help='raster sketches: ink blobs closer than this fraction of the longer image '
                         'side (in x and in y) are merged into one node')
@@ -244,7 +275,12 @@ def train_part():
     t.add_argument('--run_name', type=run_name, default=None,
                    help='run folder name (default: time stamp, dataset, backbone, method); an '
                         'existing folder is refused')
-    t.add_argument('--resume', default=None, help='a run folder or a .pth checkpoint to continue from')
+    t.add_argument('--resume', default=None,
+                   help='a run folder or a .pth checkpoint to continue from, on the same data (a different '
+                        '--dataset, --data_root or data option is refused: see --init_from)')
+    t.add_argument('--init_from', default=None, metavar='CKPT',
+                   help='a new run (a new folder, step 0) that starts from the weights of CKPT; its model '
+                        'options are taken from CKPT, its data options from this command line')
     t.add_argument('--seed', type=nonneg_int, default=0)
     t.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     t.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16'),
@@ -307,9 +343,13 @@ PROGRAMS = {
 
 def build_parser(program):
     description, parts = PROGRAMS[program]
-    return argparse.ArgumentParser(description=f'Cross-Modal Hierarchical Modelling for FG-SBIR - {description}',
-                                   parents=[part() for part in parts],
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=f'Cross-Modal Hierarchical Modelling for FG-SBIR - {description}',
+                                     parents=[part() for part in parts],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for action in parser._actions:
+        if action.dest in RANGES:
+            action.type = in_range(action.type, *RANGES[action.dest])
+    return parser
 
 
 def parse_args(program, argv=None):
@@ -363,7 +403,8 @@ def data_config(args):
     GUI trees) follows from --method and --hierarchy."""
     generate = (('seed', args.synthetic_seed), *sorted(dict(args.synthetic_size or []).items()))
     style = SketchStyle(args.sketch_detail, args.line_width, args.merge_gap, args.max_sketch_nodes,
-                        getattr(args, 'sketch_whole_box', False))
+                        getattr(args, 'sketch_whole_box', False), getattr(args, 'max_sketch_strokes', MAX_STROKES),
+                        getattr(args, 'max_sketch_points', MAX_POINTS))
     method = getattr(args, 'method', None)
     return DataConfig(dataset=args.dataset, root=args.data_root, num_regions=args.num_regions,
                       image_size=args.image_size, photo_input=args.photo_input or 'rgb',

@@ -116,9 +116,18 @@ def check_amp(amp, device):
 # ----------------------------------------------------------------------------- distributed
 def init_distributed(device_name):
     """Start torch.distributed when launched by torchrun; returns (rank, world size, device)."""
-    if 'WORLD_SIZE' not in os.environ or int(os.environ['WORLD_SIZE']) <= 1:
+    env = {k: os.environ.get(k, d) for k, d in (('WORLD_SIZE', '1'), ('RANK', '0'), ('LOCAL_RANK', '0'))}
+    bad = [f'{k}={v!r}' for k, v in env.items() if not v.strip().isdigit()]
+    if bad:
+        raise SystemExit(f'error: {", ".join(bad)} in the environment: expected an integer >= 0 (torchrun sets '
+                         f'these; unset them to run in one process)')
+    if int(env['WORLD_SIZE']) <= 1:
         return 0, 1, resolve_device(device_name)
-    local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    lacking = [k for k in ('MASTER_ADDR', 'MASTER_PORT') if not os.environ.get(k)]
+    if lacking:
+        raise SystemExit(f'error: WORLD_SIZE={env["WORLD_SIZE"]} but {" and ".join(lacking)} not set: start '
+                         f'several processes with torchrun (or unset WORLD_SIZE to run in one)')
+    local_rank = int(env['LOCAL_RANK'])
     device = resolve_device(device_name, local_rank)
     if device.type == 'cuda':
         torch.cuda.set_device(device)

@@ -7,7 +7,9 @@ SKETCH: a raster sketch image (dark on light or the reverse), a vector sketch .n
 x, y, pen on the 256 canvas, or a sketch key of the checkpoint's dataset. The gallery's features
 (region nodes and first-stage embeddings) are computed once and stored in PHOTO_DIR as a
 `GalleryIndex` (float16), tied to the checkpoint's bytes, the options that shape features and every
-photo's size and modification time: a stale or unreadable index is rebuilt, never used.
+photo's size and modification time: a stale or unreadable index is rebuilt, never used. The index
+also stores the photos it was built from (name, bytes, modification time, W x H) in its row order,
+and they must be the gallery's now. A gallery that cannot be written is searched all the same.
 """
 import hashlib
 from pathlib import Path
@@ -20,13 +22,14 @@ import options
 import retrieval
 import sketch
 import transforms
-from checkpoint import save_checkpoint
+from checkpoint import CheckpointError, save_checkpoint
 from dataset import GallerySet, Images, build_datasets, collate
-from files import DatasetError, image_size, open_image, require
+from files import SKETCH_MAX_PIXELS, DatasetError, image_size, open_image, read_npy, require
 from model import batch_inputs
 from proposals import IMAGE_EXTENSIONS, BoxCache
 
 INDEX_FILE = '.fgsbir_gallery_index.pt'
+BOX_FILE = '.fgsbir_boxes.json'
 FEATURE_OPTIONS = ('image_size', 'num_regions', 'photo_input', 'sketch_detail', 'line_width')
 
 
@@ -35,31 +38,53 @@ class StaleIndexError(Exception):
 
 
 class GalleryIndex:
-    """Features of a photo folder for one model: names, features (float16 on disk), identity."""
+    """Features of a photo folder for one model: names, features (float16 on disk), identity, and
+    the photos they were built from (photo_rows: [name, bytes, mtime_ns, W, H] per feature row)."""
 
-    def __init__(self, names, features, identity):
-        self.names, self.features, self.identity = names, features, identity
+    def __init__(self, names, features, identity, photos):
+        self.names, self.features, self.identity, self.photos = names, features, identity, photos
 
     def save(self, path):
         half = {k: v.half() if v.is_floating_point() else v for k, v in self.features.items()}
-        save_checkpoint(path, names=self.names, features=half, identity=self.identity)
+        save_checkpoint(path, names=self.names, features=half, identity=self.identity, photos=self.photos)
 
     @classmethod
-    def load(cls, path, identity):
-        """The index at path if it was built for `identity`; StaleIndexError otherwise."""
+    def load(cls, path, identity, photos):
+        """The index at path if it was built for `identity` and the photos now in the gallery
+        (photo_rows); StaleIndexError otherwise."""
         if not Path(path).exists():
             raise FileNotFoundError(path)
         try:
             state = torch.load(path, map_location='cpu', weights_only=True)
-            ok = isinstance(state, dict) and {'identity', 'names', 'features'} <= set(state)
+            ok = isinstance(state, dict) and {'identity', 'names', 'features', 'photos'} <= set(state)
         except Exception:   # truncated or foreign file: an index is a cache, so rebuild it
             ok = False
         if not ok:
             raise StaleIndexError(f'{path} is not a readable gallery index')
-        if state['identity'] != identity:
+        if not isinstance(state['identity'], str) or state['identity'] != identity:
             raise StaleIndexError(f'{path} was built for another checkpoint, other options or other photos')
-        feats = {k: v.float() if v.is_floating_point() else v for k, v in state['features'].items()}
-        return cls(list(state['names']), feats, identity)
+        feats = state['features']
+        try:    # (comparing lists that hold tensors can raise)
+            ok = (isinstance(state['photos'], list) and state['photos'] == photos
+                  and isinstance(state['names'], list) and state['names'] == [r[0] for r in photos]
+                  and isinstance(feats, dict) and bool(feats)
+                  and all(torch.is_tensor(v) and v.dim() >= 1 and len(v) == len(photos) for v in feats.values()))
+        except Exception:
+            ok = False
+        if not ok:
+            raise StaleIndexError(f'{path} does not hold one feature row per photo of the gallery, in order')
+        feats = {k: v.float() if v.is_floating_point() else v for k, v in feats.items()}
+        return cls(list(state['names']), feats, identity, photos)
+
+
+def photo_rows(photos):
+    """[name, bytes, mtime_ns, W, H] of each photo of {name: path}, sorted by name: the row order
+    of a gallery index."""
+    rows = []
+    for name, path in sorted(photos.items()):
+        st = Path(path).stat()
+        rows.append([name, st.st_size, st.st_mtime_ns, *image_size(path)])
+    return rows
 
 
 def identity_of(checkpoint, args, photos):
@@ -84,17 +109,18 @@ def folder_photos(gallery):
 
 @torch.no_grad()
 def build_index(model, args, photos, identity, device, box_cache):
-    """Encode every photo of {name: path} (selective-search boxes from box_cache)."""
+    """Encode every photo of {name: path} (selective-search boxes from box_cache, checked as every
+    dataset's boxes are: layouts.add_photos)."""
     index = layouts.DataIndex('gallery', Path('.'), args.num_regions)
-    table, _ = box_cache.boxes(photos)
-    for name, path in photos.items():
-        boxes = np.asarray(table[name], np.float32)[:args.num_regions]
-        index.photos[name] = layouts.PhotoRecord(path, image_size(path), boxes)
+    table, _, bad = box_cache.boxes(photos)
+    if bad:
+        print(f'gallery boxes: {bad} bad entries of {box_cache.path} recomputed')
+    layouts.add_photos(index, table, photos, box_cache.path, whole_first=True)
     names = sorted(photos)
     config = options.data_config(args)
     feats, _ = retrieval.encode_set(model, GallerySet(names, Images(index, config, train=False)), 'photo',
                                     args.eval_batch_size, device)
-    return GalleryIndex(names, {k: v.cpu() for k, v in feats.items()}, identity)
+    return GalleryIndex(names, {k: v.cpu() for k, v in feats.items()}, identity, photo_rows(photos))
 
 
 def query_inputs(spec, args, device):
@@ -103,14 +129,14 @@ def query_inputs(spec, args, device):
     path = Path(spec)
     if path.suffix.lower() == '.npy' and path.is_file():
         try:
-            points, _ = sketch.clean_points(np.load(path, allow_pickle=False))
-        except (OSError, ValueError) as e:
+            points, _ = style.clean(read_npy(path, style.max_points))
+        except sketch.SketchError as e:
             raise DatasetError(f'--query {path}: not a vector sketch ({e})') from None
         img, boxes = style.vector(points)
     elif path.is_file():
         points = None
         try:
-            img, boxes, _ = style.raster(open_image(path))
+            img, boxes, _ = style.raster(open_image(path, SKETCH_MAX_PIXELS))
         except sketch.SketchError as e:
             raise DatasetError(f'--query {path}: {e}') from None
     else:
@@ -141,27 +167,36 @@ def search(model, args, checkpoint, query, gallery, topk, device):
     else:
         photos = folder_photos(gallery)
         path = Path(gallery) / INDEX_FILE
-        identity = identity_of(checkpoint, args, photos)
+        identity, rows = identity_of(checkpoint, args, photos), photo_rows(photos)
         try:
-            index = GalleryIndex.load(path, identity)
+            index = GalleryIndex.load(path, identity, rows)
             print(f'gallery index: {path} (reused)')
         except (FileNotFoundError, StaleIndexError) as e:
             if isinstance(e, StaleIndexError):
                 print(f'gallery index: {e}; rebuilding')
-            index = build_index(model, args, photos, identity, device, BoxCache(Path(gallery) / '.fgsbir_boxes.json'))
-            index.save(path)
-            print(f'gallery index: {path} ({len(photos)} photos)')
+            index = build_index(model, args, photos, identity, device,
+                                BoxCache(Path(gallery) / BOX_FILE, hint=None))
+            try:
+                index.save(path)
+                print(f'gallery index: {path} ({len(photos)} photos)')
+            except CheckpointError as e:   # a read-only gallery: searched, not indexed
+                print(f'note: {e}; the index is not stored and is built again next time')
         p = {k: v.to(device) for k, v in index.features.items()}
         names = index.names
         image_of = lambda g: open_image(photos[names[g]])   # noqa: E731
     s = model.encode([('sketch', inputs)])[0]
     scores = retrieval.rank_scores(model, s, p, args.rerank, args.pair_chunk)[0].cpu()
     order = scores.argsort(stable=True)[:topk].tolist()
-    how = f' (rerank {args.rerank})' if args.rerank else ''
+    # With rerank M only the top M have a distance from the head; the rest are in first-stage order.
+    reranked = min(args.rerank, len(names)) if args.rerank and model.pairwise and model.has_first_stage else None
+    how = f' (rerank {args.rerank})' if reranked is not None else ''
     print(f'query {query}: top {len(order)} of {len(names)} photos{how}')
     for k, g in enumerate(order):
-        print(f'{k + 1:4d}  {scores[g]:10.4f}  {names[g]}')
-    fig = Path(checkpoint).with_name(f'search_{Path(str(query)).stem.replace("/", "_")}.png')
+        value = f'{scores[g]:10.4f}' if reranked is None or k < reranked else f'{"1st stage":>10}'
+        print(f'{k + 1:4d}  {value}  {names[g]}')
+    # The figure's name carries a digest of the whole query, so two queries with one stem do not collide.
+    tag = hashlib.sha1(str(Path(str(query)).resolve() if Path(str(query)).exists() else query).encode()).hexdigest()[:8]
+    fig = Path(checkpoint).with_name(f'search_{Path(str(query)).stem.replace("/", "_")}_{tag}.png')
     retrieval.retrieval_row(img, [image_of(g) for g in order], [f'#{k + 1}' for k in range(len(order))], set(),
                             caption='query').save(fig)
     print(f'figure: {fig}')

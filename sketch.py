@@ -28,12 +28,18 @@ import cv2
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
+from files import as_rgb
+
 CANVAS = 256
 # Vector coordinates up to this many pixels off the 256 canvas are clamped onto it (a counted
 # repair); further off is an error (probably a different coordinate frame). Real ChairV2 lies in
 # [33, 223], so it needs no repair.
 OFF_CANVAS_TOLERANCE = 16
 DETAIL_FRACTION = {'full': 1.0, 'coarse': 0.7, 'coarse++': 0.5}
+# The most strokes and points a vector sketch may have (--max_sketch_strokes / --max_sketch_points):
+# the work of drawing it, its nodes and its sequence grow with them. Real ChairV2 sketches have at
+# most 15 strokes.
+MAX_STROKES, MAX_POINTS = 64, 4096
 # Raster sketches: a pixel is ink when its ink intensity (0 = background, 255 = full ink) > this.
 INK_THRESHOLD = 128
 
@@ -56,6 +62,12 @@ class SketchStyle:
     merge_gap: float = 0.01
     max_nodes: int = 16
     whole_box: bool = False      # vector sketches: a node for the whole canvas before the strokes
+    max_strokes: int = MAX_STROKES
+    max_points: int = MAX_POINTS
+
+    def clean(self, points):
+        """clean_points within this style's stroke and point limits."""
+        return clean_points(points, max_strokes=self.max_strokes, max_points=self.max_points)
 
     def vector(self, points):
         """Cleaned (L, 3) points -> (PIL RGB image, boxes float32 (n, 4)): one box per stroke kept,
@@ -71,19 +83,25 @@ class SketchStyle:
 
 
 # ----------------------------------------------------------------------------- vector sketches
-def clean_points(points, canvas=CANVAS, tolerance=OFF_CANVAS_TOLERANCE):
+def clean_points(points, canvas=CANVAS, tolerance=OFF_CANVAS_TOLERANCE, max_strokes=MAX_STROKES,
+                 max_points=MAX_POINTS):
     """Validate a vector sketch and clamp coordinates slightly off the canvas.
 
     points: array-like (L, 3) x, y, pen. Returns (float64 (L, 3), repairs: list[str]) where
     repairs names what was fixed ('clamped to canvas', 'last stroke not pen-terminated').
-    A last point with pen = 0 is taken as the end of the last stroke.
+    A last point with pen = 0 is taken as the end of the last stroke. More than max_points points
+    or max_strokes strokes is an error (the work a sketch causes is bounded).
     """
+    if np.iscomplexobj(points):
+        raise SketchError('a complex array; a vector sketch holds real numbers (x, y, pen)')
     try:
         p = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SketchError(f'not a numeric (L, 3) array: {type(points).__name__}') from None
     if p.ndim != 2 or p.shape[1] != 3:
         raise SketchError(f'expected an (L, 3) array x, y, pen, got shape {p.shape}')
+    if len(p) > max_points:
+        raise SketchError(f'{len(p)} points, more than --max_sketch_points {max_points}')
     if len(p) == 0:
         raise SketchError('empty sketch (no points, no ink)')
     if len(p) == 1:
@@ -92,6 +110,9 @@ def clean_points(points, canvas=CANVAS, tolerance=OFF_CANVAS_TOLERANCE):
         raise SketchError('sketch has NaN or infinite values')
     if not np.isin(p[:, 2], (0, 1)).all():
         raise SketchError(f'pen flags must be 0 or 1, found {np.setdiff1d(p[:, 2], [0, 1])[:5].tolist()}')
+    strokes = int((p[:-1, 2] == 1).sum()) + 1
+    if strokes > max_strokes:
+        raise SketchError(f'{strokes} strokes, more than --max_sketch_strokes {max_strokes}')
     repairs = []
     lo, hi = p[:, :2].min(), p[:, :2].max()
     if lo < -tolerance or hi > canvas - 1 + tolerance:
@@ -187,14 +208,6 @@ def render_vector(points, detail='full', line_width=3, canvas=CANVAS):
 
 
 # ----------------------------------------------------------------------------- raster sketches
-def flatten_alpha(img):
-    """PIL image of any mode -> RGB, transparent parts composited on white."""
-    if img.mode in ('RGBA', 'LA', 'PA') or (img.mode == 'P' and 'transparency' in img.info):
-        img = img.convert('RGBA')
-        return Image.alpha_composite(Image.new('RGBA', img.size, 'white'), img).convert('RGB')
-    return img.convert('RGB')
-
-
 def ink_intensity(img):
     """PIL image -> uint8 (H, W) ink intensity, 0 = background, 255 = full ink.
 
@@ -202,7 +215,7 @@ def ink_intensity(img):
     (sketches rarely touch the border). Light background -> dark ink (invert); dark background
     -> light ink (SWIRE's white on black, used as is).
     """
-    g = np.asarray(flatten_alpha(img).convert('L'))
+    g = np.asarray(as_rgb(img).convert('L'))
     border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
     return 255 - g if np.median(border) >= 128 else g.copy()
 

@@ -11,10 +11,13 @@ plus the row's own (method, flags, k), applied equally to every row. Runs live i
 re-running a table command only trains what is missing. Each table is written as Markdown
 (<table>.md, the paper's shape, the paper's numbers beside ours) and JSON (<table>.json) into --out.
 Reported figures are the last evaluation of each run (not the best one: no choice on the test set).
+A stored record (done.json, metrics.jsonl) is used only when it holds finite fractions in range
+(`metrics_problem`); an unreadable done.json is taken as an unfinished run, which is run again.
 """
 import argparse
 import hashlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -25,7 +28,11 @@ import options
 import retrieval
 import runtime
 from dataset import build_datasets
+from backbones import PretrainedWeightsError
+from checkpoint import CheckpointError
 from evaluate import load_model
+from feature_cache import FeatureCacheError
+from files import DatasetError, WriteError
 from main import main as train_run
 from backbones import BACKBONES
 from methods import METHODS
@@ -79,13 +86,36 @@ class Runs:
         run = self.path(name, row)
         done = run / 'done.json'
         if done.is_file():
-            return json.loads(done.read_text()), run
+            try:
+                metrics = json.loads(done.read_text())
+                problem = metrics_problem(metrics)
+            except (OSError, ValueError, RecursionError) as e:
+                problem = f'not readable JSON ({type(e).__name__})'
+            if problem is None:
+                return metrics, run
+            print(f'note: {done}: {problem}; running the row again')
         if (run / 'last.pth').is_file():
             metrics = train_run(['--resume', str(run)])
         else:
             metrics = train_run([*self.base, *row, '--output_dir', str(self.folder), '--run_name', run.name])
         done.write_text(json.dumps(metrics, indent=1))
         return metrics, run
+
+
+def metrics_problem(m):
+    """Why a stored metrics record cannot be a table row (None if it can): acc@1 and acc@10 finite
+    fractions with acc@1 <= acc@10, a finite mean rank >= 1."""
+    if not isinstance(m, dict):
+        return f'a {type(m).__name__}, not a record of metrics'
+    for key in ('acc@1', 'acc@10', 'mean_rank'):
+        v = m.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return f'{key} is {v!r}, not a finite number'
+    if not 0 <= m['acc@1'] <= m['acc@10'] <= 1:
+        return f"acc@1 {m['acc@1']!r} and acc@10 {m['acc@10']!r} are not fractions with acc@1 <= acc@10"
+    if m['mean_rank'] < 1:
+        return f"mean_rank {m['mean_rank']!r} is below 1"
+    return None
 
 
 def row_extra(base, method):
@@ -335,8 +365,18 @@ ABLATION = [
 
 def run_curve(run):
     """[(step, acc@1, acc@10, mean rank)] of every evaluation of a run (its metrics.jsonl)."""
-    lines = (run / 'metrics.jsonl').read_text().splitlines()
-    return [(m['step'], m['acc@1'], m['acc@10'], m['mean_rank']) for m in map(json.loads, lines)]
+    path = run / 'metrics.jsonl'
+    curve = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            m = json.loads(line)
+            problem = metrics_problem(m) or (None if isinstance(m.get('step'), int) else 'no step')
+        except (ValueError, RecursionError) as e:
+            problem = f'not readable JSON ({type(e).__name__})'
+        if problem:
+            raise DatasetError(f'{path} line {n}: {problem} (delete the run folder {run} to train it again)')
+        curve.append((m['step'], m['acc@1'], m['acc@10'], m['mean_rank']))
+    return curve
 
 
 def spread(values):
@@ -449,7 +489,10 @@ def main(argv=None):
     a.argv = argv
     a.dataset = options.parse_args('main', base).dataset     # the row options are checked up front
     a.out = a.out or f'tables/{a.dataset}'
-    TABLES[a.table](a, base, Runs(base, a.out))
+    try:
+        TABLES[a.table](a, base, Runs(base, a.out))
+    except (DatasetError, CheckpointError, PretrainedWeightsError, FeatureCacheError, WriteError) as e:
+        raise SystemExit(f'error: {e}') from None
 
 
 if __name__ == '__main__':
