@@ -260,14 +260,15 @@ def build_datasets(config):
     return TripletDataset(index, config), RetrievalData(index, config)
 
 
-PAD_MASKS = {'_boxes': '_mask', '_points': '_points_mask', '_plan': '_plan_mask'}   # padded key -> its mask
+# padded key -> its mask (None: a plan's length follows from its photo's node mask)
+PAD_MASKS = {'_boxes': '_mask', '_points': '_points_mask', '_plan': None}
 
 
 def collate(batch):
     """list of item dicts -> batch dict.
     Image tensors -> [B, 3, S, S]; 'K_boxes' -> zero-padded [B, N, 4] + 'K_mask' bool [B, N]
     (True = real node, real nodes first); 'K_points' likewise [B, L, 3] + 'K_points_mask', and
-    'K_plan' [B, R, 2] + 'K_plan_mask';
+    'K_plan' zero-padded [B, R, 2];
     ints -> LongTensor [B]; anything else -> list.
     """
     out = {}
@@ -282,7 +283,8 @@ def collate(batch):
                 padded[b, :len(v)] = v
                 mask[b, :len(v)] = True
             out[key] = padded
-            out[key[:-len(suffix)] + PAD_MASKS[suffix]] = mask
+            if PAD_MASKS[suffix]:
+                out[key[:-len(suffix)] + PAD_MASKS[suffix]] = mask
         elif torch.is_tensor(values[0]):
             out[key] = torch.stack(values)
         elif isinstance(values[0], int):

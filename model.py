@@ -61,7 +61,7 @@ def batch_inputs(batch, key, device):
     [B, L, 3] + points_mask [B, L] (vector sketches), plan [B, N - 1, 2] (GUI tree merges) and
     keys, a list of B image keys (dataset.image_key: what a frozen trunk's features are cached by)."""
     names = {'image': key, 'boxes': f'{key}_boxes', 'mask': f'{key}_mask', 'points': f'{key}_points',
-             'points_mask': f'{key}_points_mask', 'plan': f'{key}_plan', 'plan_mask': f'{key}_plan_mask'}
+             'points_mask': f'{key}_points_mask', 'plan': f'{key}_plan'}
     out = {k: batch[v].to(device, non_blocking=True) for k, v in names.items() if v in batch}
     if f'{key}_key' in batch:
         out['keys'] = list(batch[f'{key}_key'])

@@ -71,16 +71,6 @@ def hflip(x, boxes):
     return x.flip(-1), flip_boxes(boxes, x.shape[-1])
 
 
-def train_transform(img, boxes, size, flip):
-    """The whole training transform of one PIL image: geometry, then the flip if `flip`."""
-    x, b = to_tensors(*train_geometry(img, boxes, size))
-    return hflip(x, b) if flip else (x, b)
-
-
-def test_transform(img, boxes, size):
-    return to_tensors(*test_geometry(img, boxes, size))
-
-
 def photo_edges(img):
     """PIL RGB photo -> its edge map drawn like a sketch: dark lines on white, RGB, same size.
 

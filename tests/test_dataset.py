@@ -74,11 +74,12 @@ def test_center_crop_clamps_boxes_and_keeps_a_1px_box():
 def test_train_and_test_transforms_keep_boxes_on_the_rectangle(size, flip):
     W, H = size
     img, boxes = rect_image(size, [W // 5, H // 4, W // 2, 3 * H // 4])
-    x, b = transforms.train_transform(img, boxes, 64, flip)
+    x, b = transforms.to_tensors(*transforms.train_geometry(img, boxes, 64))
+    x, b = transforms.hflip(x, b) if flip else (x, b)
     assert x.shape == (3, 64, 64) and b.shape == (1, 4)
     np.testing.assert_allclose(ink_box(x), b[0].numpy(), atol=1)
     assert (b[0, 0] + b[0, 2] > 64) == bool(flip)   # the rectangle is on the left unless flipped
-    x, b = transforms.test_transform(img, boxes, 48)
+    x, b = transforms.to_tensors(*transforms.test_geometry(img, boxes, 48))
     assert x.shape == (3, 48, 48)
     np.testing.assert_allclose(ink_box(x), b[0].numpy(), atol=1)
 
