@@ -423,16 +423,17 @@ VARIANTS = {
     'paper': dict(gate='learned', compatibility='projected', relu=True, shared_merge=False),
     'released': dict(gate='product', compatibility='dot', relu=False, shared_merge=True),
 }
-HEAD_METHODS = ('hierarchy', 'localised_coattn', 'no_coattn')
 READOUTS = ('root', 'root+pool')
 ROUND_NORMS = ('none', 'l2')
 MERGE_ACTS = ('relu', 'none')
 
 
-def build_head(variant='paper', dim=512, att_dim=128, method='hierarchy', init='identity', merge='linear',
-               merge_act=None, selection='gumbel', readout='root', round_norm='none', level_merges='one'):
+def build_head(variant='paper', dim=512, att_dim=128, init='identity', merge='linear', merge_act=None,
+               selection='gumbel', readout='root', round_norm='none', level_merges='one', coattention=True,
+               fusion=True, gate=None):
     """The pairwise head. variant: 'paper' or 'released' (the authors' pre-Sep-2020 code);
-    method: 'hierarchy' (proposed), 'localised_coattn' (w/o Hierarchy), 'no_coattn';
+    the layout a method's row gives (methods.py): coattention / fusion (False: no co-attention,
+    no node fusion: one round, then the readout), gate (None: the variant's);
     init: 'identity' (merges start as means, co-attention updates start small; ours, the paper
     does not say) or 'pytorch' (PyTorch's, as the authors' code). The departures of
     docs/method.md, section 9: merge (hierarchy.MERGES), merge_act ('relu' | 'none'; None: the
@@ -441,14 +442,13 @@ def build_head(variant='paper', dim=512, att_dim=128, method='hierarchy', init='
     if variant not in VARIANTS:
         raise ValueError(f'unknown variant {variant!r}; expected one of {sorted(VARIANTS)}')
     v = VARIANTS[variant]
-    if method == 'localised_coattn':   # one round with the learned gate (paper, Table 1)
-        return PairHead(CoAttention(dim, att_dim, 'learned', init), None, None)
-    if method not in HEAD_METHODS:
-        raise ValueError(f'unknown method {method!r}')
+    gate = gate or v['gate']
+    if not fusion:
+        return PairHead(CoAttention(dim, att_dim, gate, init), None, None)
     if merge_act not in (None, *MERGE_ACTS):
         raise ValueError(f'unknown merge_act {merge_act!r}; expected one of {MERGE_ACTS}')
     relu = v['relu'] if merge_act is None else merge_act == 'relu'
-    coattention = None if method == 'no_coattn' else CoAttention(dim, att_dim, v['gate'], init)
+    coattention = CoAttention(dim, att_dim, gate, init) if coattention else None
     # maxres: the residual W_F [x_a ; x_b] + b starts at 0 and has no activation.
     layer_init, relu = ('zero', False) if merge == 'maxres' else (init, relu)
     merge_s = merge_layer(dim, relu, layer_init)

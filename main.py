@@ -15,17 +15,14 @@ from pathlib import Path
 
 from torch.nn.parallel import DistributedDataParallel
 
-import feature_cache
+import experiment
 import options
 import runtime
 from backbones import PretrainedWeightsError
 from checkpoint import CheckpointError, load_checkpoint
-from dataset import build_datasets
 from feature_cache import FeatureCacheError
 from files import DatasetError, describe_os_error
-from losses import TripletLoss
-from methods import build_model
-from train import Trainer, TrainingStopped, make_optimizer
+from train import Trainer, TrainingStopped
 
 
 def run_folder(args, resuming):
@@ -76,20 +73,11 @@ def main(argv=None):
     try:
         args, state, run_dir, device = setup(argv)
         rank, world = runtime.world()
-        runtime.seed_everything(args.seed)
-        if rank != 0:
-            runtime.barrier()   # rank 0 first: it alone generates the embedded dataset or the box cache
-        train_set, test = build_datasets(options.data_config(args))
-        if rank == 0:
-            runtime.barrier()
-        model = build_model(args).to(device)
-        if args.freeze_backbone:
-            feature_cache.attach(model, args.feature_cache)
-        optimizer = make_optimizer(model, args)
-        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None) \
+        s = experiment.setup(args, device)
+        train_set, test = s.train_set, s.test
+        ddp = DistributedDataParallel(s.model, device_ids=[device.index] if device.type == 'cuda' else None) \
             if world > 1 else None
-        trainer = Trainer(args, model, TripletLoss.from_options(args), optimizer, train_set, test, run_dir,
-                          device, ddp)
+        trainer = Trainer(args, s.model, s.loss, s.optimizer, train_set, test, run_dir, device, ddp)
         if trainer.steps_per_epoch == 0:
             raise SystemExit(f'error: {len(train_set)} training sketches, fewer than --batch_size {args.batch_size}')
         if state is not None:

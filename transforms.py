@@ -12,6 +12,8 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+PHOTO_INPUTS = ('rgb', 'edges')     # what the network sees of a photo: the RGB image or photo_edges
+
 
 def joint_resize(img, boxes, size):
     """PIL W x H, boxes (n, 4) in its frame -> PIL size x size (aspect not kept), boxes scaled."""

@@ -11,7 +11,7 @@ Sections (--sections, in this order):
            [4096 x D] @ [D x D] and a batched matmul of the head's attention shapes (best of N);
   grid     sketch nodes Ns in {10, 16} x photo nodes k in {8, 12, 16, 20}, per variant: ms/pair one
            pair at a time (the head on a batch of 1, and the float per-pair reference of
-           tests/test_head.py), batched pairs/s, the head's FLOPs per pair (head_flops: counted from
+           reference.py), batched pairs/s, the head's FLOPs per pair (head_flops: counted from
            the algorithm, real nodes only), the achieved GFLOP/s and its % of the matmul figure;
   chunks   pairs/s against the pairs per pass (PairHead.eval_chunk; the baseline: per call),
            16 x 16 nodes;
@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import head as current_head_module  # noqa: E402
 from model import CrossModalHierarchy  # noqa: E402
+from reference import ref_head  # noqa: E402
 
 PAPER_K_SECONDS = {8: 0.16, 12: 0.36, 16: 0.67, 20: 1.06}   # s/query, 100 photos, their GPU
 HEAD_FILES = ('head.py', 'attention.py', 'hierarchy.py')
@@ -205,19 +206,6 @@ def heads(args, variant, dim, device):
     return out
 
 
-def reference_per_pair():
-    """tests/test_head.py's per-pair reference (plain loops), or None if it cannot be imported."""
-    sys.path.insert(0, str(ROOT / 'tests'))
-    try:
-        from test_head import ref_head
-        return ref_head
-    except ImportError as e:   # pytest missing, ...
-        print(f'(per-pair reference unavailable: {e})')
-        return None
-    finally:
-        sys.path.pop(0)
-
-
 # ----------------------------------------------------------------------------- sections
 def matmul_gflops(args, dim, device, timer):
     """{name: GFLOP/s} of fp32 matrix products at this D, best of args.matmul_repeat."""
@@ -263,14 +251,14 @@ def in_calls(head, batch, c, eval_chunk=None):
 
 
 def reference(ref, head, batch, n, ns, k):
-    """tests/test_head.py's per-pair reference on the first n pairs."""
+    """reference.py's per-pair head on the first n pairs."""
     s, _, p, _ = batch
     for i in range(n):
         ref(head, s[i, :ns], p[i, :k])
 
 
 def run_grid(args, device, timer):
-    ref = reference_per_pair() if device.type == 'cpu' else None
+    ref = ref_head if device.type == 'cpu' else None
     for dim in args.dims:
         for variant in args.variants:
             section(f'{variant} head, D={dim}, att_dim={args.att_dim}: one pair at a time vs batched '

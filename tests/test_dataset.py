@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 
 import dataset
 import layouts
+import prepare
 import proposals
 import transforms
 from files import DatasetError
@@ -162,7 +163,7 @@ def test_summary_counts_and_fewer_boxes(qmul_root, capsys):
     table = pickle.loads((qmul_root / layouts.BOX_PICKLE.format('ChairV2')).read_bytes())
     table['c3.png'] = table['c3.png'][:1] + [[-5, 10, 30, 40], [5, 5, 5, 40]]  # clamp + zero area
     (qmul_root / layouts.BOX_PICKLE.format('ChairV2')).write_bytes(pickle.dumps(table))
-    assert dataset.main(['--dataset', 'ChairV2', '--data_root', str(qmul_root), '--summary']) == 0
+    assert prepare.main(['dataset', '--dataset', 'ChairV2', '--data_root', str(qmul_root), '--summary']) == 0
     out = capsys.readouterr().out
     assert 'train: 6 sketches / 3 photos' in out and 'test:  4 sketches / 2 photos' in out
     assert 'min 3 / median 3 / max 3' in out
@@ -203,7 +204,7 @@ def test_precompute_boxes_cli(tmp_path, capsys):
     photo_image((64, 48), (200, 30, 30)).save(tmp_path / 'ph' / 'a.png')
     photo_image((50, 50), (30, 200, 30)).save(tmp_path / 'ph' / 'sub' / 'b.jpg')
     out = tmp_path / 'boxes.pickle'
-    assert proposals.main([str(tmp_path / 'ph'), str(out)]) == 0
+    assert prepare.main(['proposals', str(tmp_path / 'ph'), str(out)]) == 0
     table = pickle.loads(out.read_bytes())
     assert set(table) == {'a.png', 'sub/b.jpg'} and table['a.png'][0] == [0, 0, 64, 48]
     assert proposals.selective_search(Image.open(tmp_path / 'ph' / 'a.png')) == table['a.png']  # deterministic
@@ -266,7 +267,7 @@ def test_error_unknown_dataset_and_wrong_root(qmul_root, tmp_path):
 
 
 def test_cli_error_is_clean_and_exits_2(tmp_path, capsys):
-    assert dataset.main(['--dataset', 'ChairV2', '--data_root', str(tmp_path / 'nowhere'), '--summary']) == 2
+    assert prepare.main(['dataset', '--dataset', 'ChairV2', '--data_root', str(tmp_path / 'nowhere'), '--summary']) == 2
     err = capsys.readouterr().err
     assert err.startswith('error: ') and 'Traceback' not in err and 'nowhere' in err
 
