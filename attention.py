@@ -44,8 +44,8 @@ class CoAttentionBranch(nn.Module):
         if self.gate is None:
             g = torch.sigmoid(x * attended)
         else:
-            g = torch.sigmoid(self.gate(torch.cat([x, attended], dim=-1)))
-        return torch.relu(self.z(g * (x + attended))) + x
+            g = torch.sigmoid(self.gate(torch.cat([x, attended], dim=-1)))     # (M3)
+        return torch.relu(self.z(g * (x + attended))) + x                     # (M4)
 
 class CoAttention(nn.Module):
     """A = (S W_s)(P W_p)^T / sqrt(d); each side gathers the other through a row softmax of A (or A^T).
@@ -65,10 +65,10 @@ class CoAttention(nn.Module):
         """s: [B, Ns, D] sketch nodes, s_mask: bool [B, Ns] (True = real node);
         p: [B, Np, D] photo nodes, p_mask: bool [B, Np].
         Returns the updated (s [B, Ns, D], p [B, Np, D]), padded nodes zero."""
-        a = torch.bmm(self.w_s(s), self.w_p(p).transpose(1, 2)) * self.scale   # [B, Ns, Np]
+        a = torch.bmm(self.w_s(s), self.w_p(p).transpose(1, 2)) * self.scale   # (M1), scaled (M2) [B, Ns, Np]
         # Every pair has >= 1 real node per side, so no softmax row is all -inf.
         s_att = torch.softmax(a.masked_fill(~p_mask[:, None, :], float('-inf')), dim=2)
         p_att = torch.softmax(a.transpose(1, 2).masked_fill(~s_mask[:, None, :], float('-inf')), dim=2)
-        s_new = self.sketch(s, torch.bmm(s_att, p)) * s_mask[..., None]
+        s_new = self.sketch(s, torch.bmm(s_att, p)) * s_mask[..., None]        # (M2) P^S, then (M3)-(M4)
         p_new = self.photo(p, torch.bmm(p_att, s)) * p_mask[..., None]
         return s_new, p_new

@@ -213,8 +213,8 @@ def _trim(x, counts, carry, b, width):
 
 # ----------------------------------------------------------------------------- co-attention (attention.py)
 def branch_carry(branch):
-    """The part of a CoAttentionBranch's update that is linear in X alone: learned gate -> (W_G[:, :D] [D, D], b_G), so that
-    W_G [X ; Y] + b_G = (X W_G[:, :D]^T + b_G) + Y W_G[:, D:]^T and the first term can be
+    """The part of a CoAttentionBranch's update that is linear in X alone: learned gate ->
+    (W_G[:, :D] [D, D], b_G), so that W_G [X ; Y] + b_G = (X W_G[:, :D]^T + b_G) + Y W_G[:, D:]^T and the first term can be
     computed together with the other projections of X; product gate -> None."""
     if branch.gate is None:
         return None

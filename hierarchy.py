@@ -94,7 +94,7 @@ class NodeFusion(nn.Module):
         self.agreement = None
 
     def compatibility(self, x):
-        """x: [B, N, D] -> C: [B, N, N]"""
+        """(M5) x: [B, N, D] -> C: [B, N, N]"""
         y = x if self.proj is None else self.proj(x)
         if self.log_scale is not None:
             y = F.normalize(y, dim=-1)
@@ -135,7 +135,7 @@ class NodeFusion(nn.Module):
             if valid is not None and not valid.any():
                 break
             logits = compat.masked_fill(invalid, float('-inf'))
-            if noise is None:
+            if noise is None:                                           # (M6): greedy at test
                 pick = logits.argmax(1)
                 choice = F.one_hot(pick, len(i)).to(x.dtype)
             else:
@@ -143,7 +143,7 @@ class NodeFusion(nn.Module):
                 soft = torch.softmax(scores, dim=1)
                 pick = scores.argmax(1)
                 hard = F.one_hot(pick, len(i)).to(x.dtype)
-                choice = hard - soft.detach() + soft                    # forward hard, backward soft
+                choice = hard - soft.detach() + soft                    # (M6): forward hard, backward soft
                 agreed = pick == logits.detach().argmax(1)
                 step = torch.stack([agreed.sum(), torch.tensor(b, device=x.device)] if valid is None else
                                    [(agreed & valid).sum(), valid.sum()]).to(torch.float64)
@@ -173,7 +173,7 @@ class NodeFusion(nn.Module):
             elif self.rule == 'maxres':
                 merged.append(torch.maximum(x_a, x_b) + self.merge(torch.cat([x_a, x_b], dim=1)))
             else:
-                merged.append(self.merge(torch.cat([x_a, x_b], dim=1)))            # [B, D]
+                merged.append(self.merge(torch.cat([x_a, x_b], dim=1)))            # (M7) [B, D]
             ok = torch.ones_like(counts, dtype=torch.bool) if valid is None else valid
             merged_sizes.append(n_a[:, 0] + n_b[:, 0])
             pairs.append(torch.stack([i[k], j[k]], 1).masked_fill(~ok[:, None], -1))
