@@ -26,7 +26,7 @@ Nodes (boxes)
   containment tree (`DataIndex.gui_tree`). Boxes are [x1, y1, x2, y2] floats in the pixel frame of
   their image, right/bottom exclusive (see sketch.py).
 
-Repairs (counted and printed by `python dataset.py --summary`; anything else is a DatasetError):
+Repairs (counted and printed by `python prepare.py dataset --summary`; anything else is a DatasetError):
   - vector coordinates at most 16 px off the 256 canvas: clamped onto it;
   - a vector sketch whose last point has pen = 0: its last stroke ends at the last point;
   - photo / GUI boxes partly outside the image: clamped to it; boxes with no area left: dropped

@@ -80,7 +80,7 @@ def write_or_explain(path, write):
         atomic_write(path, write)
     except WriteError as e:
         raise DatasetError(f'{e}; precompute the boxes elsewhere with '
-                           f'python proposals.py PHOTO_DIR BOXES_OUT.pickle') from None
+                           f'python prepare.py proposals PHOTO_DIR BOXES_OUT.pickle') from None
 
 
 def update_box_pickle(box_file, photo_paths):

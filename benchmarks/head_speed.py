@@ -165,7 +165,7 @@ def pairs_batch(b, ns, np_, dim, device, seed=0):
             p, torch.ones(b, np_, dtype=torch.bool, device=device))
 
 
-# Strokes per test sketch of QMUL-Chair-V2 (323 sketches; `python dataset.py --dataset ChairV2
+# Strokes per test sketch of QMUL-Chair-V2 (323 sketches; `python prepare.py dataset --dataset ChairV2
 # --summary` on the released data: min 1 / median 10 over both splits; test split min 2 / median 9
 # / mean 9.5 / max 15).
 CHAIRV2_TEST_STROKES = {2: 6, 3: 14, 4: 15, 5: 17, 6: 31, 7: 28, 8: 25, 9: 32, 10: 26, 11: 20, 12: 16,
