@@ -114,6 +114,13 @@ def load_checkpoint(path, defaults, overrides=None):
     path, state = read_checkpoint(path)
     stored = dict(state['args'])
     check_stored_options(stored, path)
+    config = state.get('model_config')
+    differ = [k for k in MODEL_FIELDS if isinstance(config, dict) and k in stored and k in config
+              and stored[k] != config[k]]
+    if differ:     # the model is built from the options on --resume, from the config otherwise
+        raise CheckpointError(f'{path}: its stored options and model config disagree ('
+                              + ', '.join(f'{k} {stored[k]!r} / {config[k]!r}' for k in differ)
+                              + '; an edited checkpoint)')
     overrides = dict(overrides or {})
     changed = [k for k in MODEL_FIELDS if k in overrides and k in stored and overrides[k] != stored[k]]
     if changed:

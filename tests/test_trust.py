@@ -586,8 +586,12 @@ def test_resume_with_another_model_named(run, option, value):
 
 
 def test_checkpoint_whose_weights_do_not_fit(run, data_root):
-    """Stored options say dim 16, the weights are dim 32: evaluate and resume name the model."""
+    """Stored options and model config say dim 16, the weights are dim 32: evaluate and resume name
+    the model; options that disagree with the config are refused."""
     edit_checkpoint(run / 'last.pth', lambda s: s['args'].update(dim=16))
+    fails(lambda: evaluate.main(['--checkpoint', str(run / 'last.pth'), '--data_root', str(data_root)]),
+          'last.pth', 'stored options and model config disagree', 'dim 16 / 32')
+    edit_checkpoint(run / 'last.pth', lambda s: s['model_config'].update(dim=16))
     fails(lambda: evaluate.main(['--checkpoint', str(run / 'last.pth'), '--data_root', str(data_root)]),
           'last.pth', 'weights do not fit', 'dim 16', 'size mismatch')
     fails(lambda: main.main(['--resume', str(run)]), 'weights do not fit', 'dim 16')
