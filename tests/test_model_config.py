@@ -82,9 +82,9 @@ def test_every_method_reloads_from_its_stored_config_alone(method, tmp_path):
         assert again.config == config and type(again) is type(model)
         weights, loaded = model.state_dict(), again.state_dict()
         assert loaded.keys() == weights.keys() and all(torch.equal(v, loaded[k]) for k, v in weights.items())
-        with torch.no_grad():
-            (d0, f0), (d1, f1) = outputs(model, sketches, photos), outputs(again, sketches, photos)
-        assert torch.equal(d0, d1) and (f0 is None) == (f1 is None) and (f0 is None or torch.equal(f0, f1))
+    with torch.no_grad():          # the model rebuilt from the config alone ranks alike
+        (d0, f0), (d1, f1) = outputs(model, sketches, photos), outputs(again, sketches, photos)
+    assert torch.equal(d0, d1) and (f0 is None) == (f1 is None) and (f0 is None or torch.equal(f0, f1))
 
 
 def test_a_checkpoint_of_the_first_format_loads_from_its_options(tmp_path):
