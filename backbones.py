@@ -157,7 +157,7 @@ def _conv_bn(cin, cout, kernel=1, stride=1, groups=1, relu6=True):
     # TF's batch-norm epsilon 1e-3 (part of what the weights were trained with). Its moving-average
     # decay 0.99 (PyTorch momentum 0.01) is not: it is a training setting, and fine-tuning on sketches
     # and photos must move the running statistics far from ImageNet's in a few hundred steps, so
-    # PyTorch's 0.1, as torchvision's MobileNetV2 has (README, 'Backbones').
+    # PyTorch's 0.1, as torchvision's MobileNetV2 has (docs/method.md, section 8).
     layers = [SameConv2d(cin, cout, kernel, stride, groups), nn.BatchNorm2d(cout, eps=1e-3, momentum=0.1)]
     return nn.Sequential(*layers, nn.ReLU6(inplace=True)) if relu6 else nn.Sequential(*layers)
 
@@ -314,7 +314,7 @@ BACKBONES = {b.name: b for b in (
                       node_norm='none', photo_input='rgb', roi_size=7),
                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
     # From random weights on a CPU: larger lr, 96 px, edge-map photos, 3x3 RoIAlign on its 6x6
-    # map, unit-length region features (README, 'Backbones and their defaults').
+    # map, unit-length region features (docs/method.md, section 8).
     _torchvision('resnet18_light', torchvision.models.resnet18,
                  torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
                  {'stride16': FeatureLayer(('conv1', 'bn1', 'relu', 'maxpool', 'layer1', 'layer2', 'layer3'),

@@ -20,13 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attention import CoAttention
-from backbones import build_backbone
 from model import (CrossModalHierarchy, PairIndependentModel, RetrievalModel, joined_keys, pair_distance,
                    region_encoders)
-
-
-def backbone_of(args):
-    return build_backbone(args.backbone, args.pretrained, args.feature_layer, getattr(args, 'freeze_backbone', 0))
 
 
 def shared_call(net, parts, key='image'):
@@ -79,10 +74,11 @@ class GlobalEmbedding(PairIndependentModel):
         self.attention = SpatialAttention(channels) if attention else None
 
     @classmethod
-    def from_options(cls, args, attention=False):
-        net, channels = backbone_of(args)
-        other = backbone_of(args)[0] if args.separate_backbones else net
-        return cls(net, other, channels, args.dim, attention)
+    def from_config(cls, c, backbone, attention=False):
+        """c: a methods.ModelConfig; backbone() -> (net, channels), a fresh one per call."""
+        net, channels = backbone()
+        other = backbone()[0] if c.separate_backbones else net
+        return cls(net, other, channels, c.dim, attention)
 
     def embed(self, fmap, fc):
         if self.attention is not None:
@@ -102,8 +98,8 @@ class AttentionEmbedding(GlobalEmbedding):
     """Triplet-Attn-SN: GlobalEmbedding with spatial attention and a shortcut."""
 
     @classmethod
-    def from_options(cls, args):
-        return super().from_options(args, attention=True)
+    def from_config(cls, c, backbone):
+        return super().from_config(c, backbone, attention=True)
 
 
 # ----------------------------------------------------------------------------- gated siamese
@@ -122,8 +118,8 @@ class GatedSiamese(RetrievalModel):
         self.log_sigma = nn.Parameter(torch.zeros(()))
 
     @classmethod
-    def from_options(cls, args):
-        return cls(*backbone_of(args), args.dim)
+    def from_config(cls, c, backbone):
+        return cls(*backbone(), c.dim)
 
     def encode(self, parts):
         return [{'map': f} for f in shared_call(self.net, parts)]
@@ -189,9 +185,8 @@ class GraphHierarchy(CrossModalHierarchy):
     """B-Graph-Hierarchy: the proposed model's region encoders with DiffPoolHead."""
 
     @classmethod
-    def from_options(cls, args):
-        return cls(*region_encoders(args), DiffPoolHead(args.dim, args.att_dim, init=args.head_init),
-                   args.first_stage_dim)
+    def from_config(cls, c, backbone):
+        return cls(*region_encoders(c, backbone), DiffPoolHead(c.dim, c.att_dim, init=c.head_init), c.first_stage_dim)
 
 
 # ----------------------------------------------------------------------------- vector sketches
@@ -243,8 +238,8 @@ class VectorSketch(PairIndependentModel):
                             if raster else nn.Linear(width, dim))
 
     @classmethod
-    def from_options(cls, args, raster=False):
-        return cls(*backbone_of(args), args.dim, args.seq_dim, raster)
+    def from_config(cls, c, backbone, raster=False):
+        return cls(*backbone(), c.dim, c.seq_dim, raster)
 
     def encode(self, parts):
         images = [(m, inputs) for m, inputs in parts if m == 'photo' or self.raster]
@@ -268,6 +263,6 @@ class RasterVectorSketch(VectorSketch):
     """SketchFormer-Variant: VectorSketch with the raster branch."""
 
     @classmethod
-    def from_options(cls, args):
-        return super().from_options(args, raster=True)
+    def from_config(cls, c, backbone):
+        return super().from_config(c, backbone, raster=True)
 

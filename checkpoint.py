@@ -1,24 +1,28 @@
 """Checkpoints: written atomically, read without running code, checked against the model.
 
-A checkpoint is a dict of tensors and plain values: 'args' (the run's options), 'model',
-'optimizer', 'step', 'best_acc1', 'metrics', 'rng' (runtime.rng_state of rank 0) and 'rng_ranks'
-(every process's, for an exact resume under torchrun). It is read with
+A checkpoint is a dict of tensors and plain values: 'format' (FORMAT), 'model_config' (the
+methods.ModelConfig that built the model, as a dict), 'model' (its weights), 'args' (the run's
+options), 'optimizer', 'step', 'best_acc1', 'metrics', 'rng' (runtime.rng_state of rank 0) and
+'rng_ranks' (every process's, for an exact resume under torchrun). It is read with
 `torch.load(weights_only=True)`, which refuses anything but tensors and plain containers, so a
 crafted .pth cannot run code; its stored options are checked as the command line checks them.
 Every failure is one CheckpointError naming the file.
 """
 import argparse
+import dataclasses
 import io
 from pathlib import Path
 
 import torch
 
+import options
+from backbones import BACKBONES
 from files import WriteError, atomic_write
+from methods import ModelConfig
 
-# The options that decide a model's parameters: a checkpoint loads only into the same values.
-MODEL_OPTIONS = ('method', 'backbone', 'feature_layer', 'variant', 'dim', 'att_dim', 'separate_backbones',
-                 'first_stage_dim', 'roi_size', 'node_norm', 'node_act', 'merge', 'merge_act', 'selection',
-                 'readout', 'round_norm', 'level_merges', 'seq_dim')
+# 1: options and weights only (the model was rebuilt from the options); 2: + 'model_config'.
+FORMAT = 2
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 
 
 class CheckpointError(Exception):
@@ -58,11 +62,28 @@ def read_checkpoint(path):
     return path, state
 
 
+def model_state(model):
+    """The entries of a checkpoint that rebuild `model` (built by methods.build_model): its config and weights."""
+    return dict(format=FORMAT, model_config=dataclasses.asdict(model.config), model=model.state_dict())
+
+
+def model_config(state, path, args):
+    """The methods.ModelConfig that built a checkpoint's model: stored beside the weights (format 2),
+    or, in a format-1 checkpoint, taken from its options `args` (stored over the defaults)."""
+    version = state.get('format', 1)
+    if version == 1:
+        return ModelConfig.from_options(args)
+    stored = state.get('model_config')
+    if version != FORMAT or not isinstance(stored, dict) or set(stored) != set(MODEL_FIELDS):
+        raise CheckpointError(f'{path}: a checkpoint of format {version!r}; this code reads formats 1 and '
+                              f'{FORMAT} (a checkpoint of another version of this code)')
+    check_stored_options(stored, path)
+    return ModelConfig(**stored)
+
+
 def check_stored_options(stored, path):
     """Refuse stored options this code cannot build (a checkpoint of another version, or an
     edited one): a name outside an option's choices, a number its checked type rejects."""
-    # Imported here, not at the top: options imports most of the codebase.
-    import options
     for action in options.build_parser('main')._actions:
         value = stored.get(action.dest)
         if value is None or action.nargs is not None or isinstance(value, bool):
@@ -80,7 +101,7 @@ def check_stored_options(stored, path):
         if why:
             raise CheckpointError(f'{path}: its stored option --{action.dest} {value!r} is not valid in this '
                                   f'code ({why}; a checkpoint of another version, or edited)')
-    layers = getattr(options.backbones.BACKBONES.get(stored.get('backbone')), 'layers', None)
+    layers = getattr(BACKBONES.get(stored.get('backbone')), 'layers', None)
     if layers is not None and stored.get('feature_layer') not in (None, *layers):
         raise CheckpointError(f"{path}: its stored --feature_layer {stored['feature_layer']!r} is not a layer of "
                               f"{stored['backbone']} ({', '.join(layers)})")
@@ -93,8 +114,15 @@ def load_checkpoint(path, defaults, overrides=None):
     path, state = read_checkpoint(path)
     stored = dict(state['args'])
     check_stored_options(stored, path)
+    config = state.get('model_config')
+    differ = [k for k in MODEL_FIELDS if isinstance(config, dict) and k in stored and k in config
+              and stored[k] != config[k]]
+    if differ:     # the model is built from the options on --resume, from the config otherwise
+        raise CheckpointError(f'{path}: its stored options and model config disagree ('
+                              + ', '.join(f'{k} {stored[k]!r} / {config[k]!r}' for k in differ)
+                              + '; an edited checkpoint)')
     overrides = dict(overrides or {})
-    changed = [k for k in MODEL_OPTIONS if k in overrides and k in stored and overrides[k] != stored[k]]
+    changed = [k for k in MODEL_FIELDS if k in overrides and k in stored and overrides[k] != stored[k]]
     if changed:
         raise CheckpointError(f'{path} holds a {describe(stored)} model; '
                               + ', '.join(f'--{k} {overrides[k]} (stored: {stored[k]})' for k in changed)

@@ -2,7 +2,7 @@
 validated `layouts.DataIndex` and one frozen `DataConfig`.
 
     train, test = build_datasets(DataConfig(dataset='ChairV2', root='DATA', image_size=224))
-    python dataset.py --dataset ChairV2 --data_root DATA --summary    # validate, print counts
+    python prepare.py dataset --dataset ChairV2 --data_root DATA --summary    # validate, print counts
 
 Items are dicts of tensors: images RGB [3, S, S] in [0, 1], boxes [n, 4] in the tensor's pixels,
 and with `points` the vector sketch [L, 3] (x / 256, y / 256, pen). Every image comes with a key,
@@ -14,7 +14,6 @@ whether to flip are drawn from the item's own seed when the sampler gives one (`
 keys, see train.EpochSampler), so a resumed or distributed run sees exactly the same triplets.
 """
 import hashlib
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,16 +22,16 @@ from torch.utils.data import Dataset
 
 import layouts
 import sketch
+import synthetic
 import transforms
-from files import DatasetError, open_image
+from files import DatasetError, describe_os_error, open_image
 from sketch import SketchStyle
-
-PHOTO_INPUTS = ('rgb', 'edges')
+from transforms import PHOTO_INPUTS
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Everything the data layer needs, built once from the options (options.data_config)."""
+    """Everything the data layer needs, built once from the options (experiment.data_config)."""
     dataset: str = 'Synthetic'
     root: str = 'data'
     num_regions: int = 16
@@ -241,9 +240,21 @@ class RetrievalData:
 
 
 def load_index(config):
-    """Validate the dataset a DataConfig names -> layouts.DataIndex (DatasetError on bad input)."""
-    return layouts.load_index(config.dataset, config.root, config.num_regions, config.style,
-                              dict(config.generate), config.validation)
+    """Validate the dataset a DataConfig names -> layouts.DataIndex (DatasetError on bad input).
+    An embedded dataset (package synthetic) is generated first, unless an up-to-date copy is there."""
+    if config.dataset in synthetic.GENERATORS:
+        generate_embedded(config)
+    return layouts.load_index(config.dataset, config.root, config.num_regions, config.style, config.validation)
+
+
+def generate_embedded(config):
+    try:
+        synthetic.ensure_synthetic(config.root, config.dataset, **dict(config.generate))
+    except ValueError as e:
+        raise DatasetError(f'--dataset {config.dataset}: {e}') from None
+    except OSError as e:     # a read-only or full --data_root
+        raise DatasetError(f'--dataset {config.dataset}: cannot generate it in {config.root} '
+                           f'({e.filename or config.root}: {describe_os_error(e)})') from None
 
 
 def build_datasets(config):
@@ -260,14 +271,15 @@ def build_datasets(config):
     return TripletDataset(index, config), RetrievalData(index, config)
 
 
-PAD_MASKS = {'_boxes': '_mask', '_points': '_points_mask', '_plan': '_plan_mask'}   # padded key -> its mask
+# padded key -> its mask (None: a plan's length follows from its photo's node mask)
+PAD_MASKS = {'_boxes': '_mask', '_points': '_points_mask', '_plan': None}
 
 
 def collate(batch):
     """list of item dicts -> batch dict.
     Image tensors -> [B, 3, S, S]; 'K_boxes' -> zero-padded [B, N, 4] + 'K_mask' bool [B, N]
     (True = real node, real nodes first); 'K_points' likewise [B, L, 3] + 'K_points_mask', and
-    'K_plan' [B, R, 2] + 'K_plan_mask';
+    'K_plan' zero-padded [B, R, 2];
     ints -> LongTensor [B]; anything else -> list.
     """
     out = {}
@@ -282,7 +294,8 @@ def collate(batch):
                 padded[b, :len(v)] = v
                 mask[b, :len(v)] = True
             out[key] = padded
-            out[key[:-len(suffix)] + PAD_MASKS[suffix]] = mask
+            if PAD_MASKS[suffix]:
+                out[key[:-len(suffix)] + PAD_MASKS[suffix]] = mask
         elif torch.is_tensor(values[0]):
             out[key] = torch.stack(values)
         elif isinstance(values[0], int):
@@ -292,7 +305,7 @@ def collate(batch):
     return out
 
 
-# ----------------------------------------------------------------------------- summary / CLI
+# ----------------------------------------------------------------------------- summary
 def stats(values):
     v = np.asarray(values)
     return f'min {v.min():g} / median {np.median(v):g} / max {v.max():g}'
@@ -329,25 +342,3 @@ def format_summary(index, config):
         lines.append('  repairs: none')
     lines += [f'  note: {n}' for n in index.notes]
     return '\n'.join(lines)
-
-
-def main(argv=None):
-    # Only this command line reads the options; the data layer itself takes a DataConfig.
-    import options
-    args = options.parse_args('dataset', argv)
-    try:
-        config = options.data_config(args)
-        index = load_index(config)
-        if args.summary:
-            print(format_summary(index, config))
-        else:
-            print(f'{index.name}: ok, {len(index.train)} train / {len(index.test)} test sketches '
-                  f'(--summary for details)')
-    except DatasetError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -16,26 +16,22 @@ import options
 import retrieval
 import runtime
 from backbones import PretrainedWeightsError
-from checkpoint import CheckpointError, load_checkpoint, load_model_state
-from dataset import build_datasets
+from checkpoint import CheckpointError
+from experiment import load_model, load_test
 from files import DatasetError, WriteError, describe_os_error
-from methods import build_model
 from search import search
 
-
-def load_model(checkpoint, overrides, device):
-    """(model in eval mode, its options, the checkpoint dict, its path)."""
-    defaults = options.parse_args('main', [])
-    path, state, args = load_checkpoint(checkpoint, defaults, overrides)
-    model = build_model(args)
-    load_model_state(model, state, path, args)
-    return model.to(device).eval(), args, state, path
+# The options of this program that are not the run's (data and evaluation options override those).
+OWN_OPTIONS = {a.dest for a in options.evaluate_part()._actions}
 
 
-def evaluate_split(model, args, state, path, device):
-    _, test = build_datasets(options.data_config(args))
-    metrics, dist, targets, ranks = retrieval.evaluate(model, test, device, args.eval_batch_size, args.workers,
-                                                       args.pair_chunk, args.rerank)
+def evaluate_split(checkpoint, overrides, device):
+    model, args, test, state, path = load_test(checkpoint, overrides, device)
+    if args.rerank and not (model.pairwise and model.has_first_stage):
+        print(f'note: --rerank {args.rerank} does not apply: this {args.method} model has no first stage '
+              f'(--first_stage_dim), so the whole gallery is ranked by its distances')
+        args.rerank = 0
+    metrics, dist, targets, ranks = retrieval.evaluate(model, test, device, retrieval.EvalConfig.from_options(args))
     metrics.update(queries=len(test.queries), gallery=len(test.gallery), sketch_detail=args.sketch_detail,
                    rerank=args.rerank, checkpoint=str(path), step=state.get('step'))
     suffix = ('' if args.sketch_detail == 'full' else f'_{args.sketch_detail}')
@@ -58,21 +54,16 @@ def main(argv=None):
     explicit = options.explicit_args('evaluate', argv)
     typed = options.parse_args('evaluate', argv)
     device = runtime.resolve_device(typed.device)
-    overrides = {k: v for k, v in explicit.items()
-                 if k not in ('checkpoint', 'device', 'query', 'gallery', 'topk', 'amp')}
+    overrides = {k: v for k, v in explicit.items() if k not in OWN_OPTIONS}
     problem = runtime.check_amp(typed.amp, device)
     if problem:
         raise SystemExit(f'error: {problem}')
     try:
-        model, args, state, path = load_model(typed.checkpoint, overrides, device)
-        if args.rerank and not (model.pairwise and model.has_first_stage):
-            print(f'note: --rerank {args.rerank} does not apply: this {args.method} model has no first stage '
-                  f'(--first_stage_dim), so the whole gallery is ranked by its distances')
-            args.rerank = 0
         with runtime.autocast(device, typed.amp):
             if typed.query:
+                model, args, _, path = load_model(typed.checkpoint, overrides, device)
                 return search(model, args, path, typed.query, typed.gallery, typed.topk, device)
-            return evaluate_split(model, args, state, path, device)
+            return evaluate_split(typed.checkpoint, overrides, device)
     except (DatasetError, PretrainedWeightsError, CheckpointError, WriteError) as e:
         raise SystemExit(f'error: {e}') from None
     except OSError as e:   # writing the figure or the metrics: full disk, read-only folder

@@ -3,15 +3,14 @@ until each side of a pair is one vector (docs/method.md, sections 3-5). Batched 
 different node counts by masks; `build_head` assembles the paper's, the authors' released and the
 ablation heads from the parts in attention.py and hierarchy.py.
 """
-import bisect
-import itertools
 import math
 
 import torch
 import torch.nn as nn
 
+import fast_eval
 from attention import CoAttention
-from hierarchy import NodeFusion, drop_and_append, greedy_pairs, iota, merge_layer, sample_gumbel
+from hierarchy import NodeFusion, merge_layer, sample_gumbel
 
 
 class PairHead(nn.Module):
@@ -225,94 +224,9 @@ class PairHead(nn.Module):
                 fusion.agreement = None
         return out
 
-    # ------------------------------------------------------------ evaluation fast path
     def _loop_eval(self, s, s_mask, p, p_mask):
-        """The loop in evaluation mode without autograd: the same rounds and greedy choices as
-        `_loop`, with less work per round (numbers: benchmarks/head_speed.py):
-          - pairs sorted by (rounds, Ns, Np) and run `eval_chunk` (eval_pairs) at a time: on a
-            CPU each pass keeps its working set near the caches, on a GPU it is as large as fits;
-            a pass has little padding, and its unfinished pairs are always a prefix (a view, no
-            copy); a finished pair's output is written once;
-          - the greedy pair as the first maximum of the masked [n, n] compatibility (no candidate
-            list, no one-hot), the merge's inputs and the new node order by row indices;
-          - the products that are linear in a side's nodes alone (attention projection, the X half
-            of the learned gate with its bias) done as ONE matrix product per round, on the nodes
-            after fusion ("carried" into the next round's co-attention);
-          - the element-wise steps in place and every large intermediate in a workspace reused by
-            all rounds and passes (no page faults); padded nodes are not zeroed (nothing real
-            reads them).
-        """
-        b_all, _, d = s.shape
-        ns, np_ = s_mask.sum(1), p_mask.sum(1)
-        rounds = torch.maximum(ns, np_) - 1
-        base = max(s.shape[1], p.shape[1]) + 1
-        order = torch.argsort((rounds * base + ns) * base + np_, descending=True, stable=True)
-        schedule = torch.stack([rounds, ns, np_], 1)[order].tolist()      # one host copy
-        # inference_mode saves a little per operation; its tensors stay inside (_unsort copies out).
-        with torch.inference_mode():
-            sides = self._eval_sides(_Workspace(s).take)
-            s_out, p_out = s.new_empty(b_all, d), p.new_empty(b_all, d)
-            chunk = self.eval_chunk or eval_pairs(s.device, max(s.shape[1], p.shape[1]), d)
-            for start in range(0, b_all, chunk):
-                stop = min(start + chunk, b_all)
-                self._pass_eval(s, p, ns, np_, order[start:stop], schedule[start:stop], sides,
-                                s_out[start:stop], p_out[start:stop])
-        return self._unsort(order, s_out, p_out), rounds
-
-    def _pass_eval(self, s_all, p_all, ns_all, np_all, idx, schedule, sides, s_out, p_out):
-        """The loop for the pairs idx (sorted by rounds, descending; schedule: their host
-        [rounds, Ns, Np]); writes their final nodes into s_out, p_out [len(idx), D]."""
-        neg = [-r for r, _, _ in schedule]                  # ascending, for bisect
-        pre = [(list(itertools.accumulate(v, max)), list(itertools.accumulate(v, min)))
-               for v in ([n for _, n, _ in schedule], [n for _, _, n in schedule])]
-
-        def active(r):                                      # pairs still working in round r
-            return bisect.bisect_left(neg, -r)
-
-        def widths(side, b, r):                             # (max, min) nodes of the b active pairs
-            hi, lo = pre[side]
-            return max(hi[b - 1] - r, 1), max(lo[b - 1] - r, 1)
-
-        b = active(0)
-        if b < len(idx):                                    # one node per side: no round at all
-            s_out[b:], p_out[b:] = s_all[idx[b:], 0], p_all[idx[b:], 0]
-        if b == 0:
-            return
-        keep = idx[:b]
-        s, p = s_all[keep, :widths(0, b, 0)[0]].contiguous(), p_all[keep, :widths(1, b, 0)[0]].contiguous()
-        s_cnt, p_cnt = ns_all[keep], np_all[keep]
-        s_carry, p_carry = sides[0].carry(s), sides[1].carry(p)
-        r = 0
-        while b:
-            (ws, s_min), (wp, p_min) = widths(0, b, r), widths(1, b, r)
-            if b < len(s) or ws < s.shape[1] or wp < p.shape[1]:     # some pairs finished
-                s, s_cnt, s_carry = _trim(s, s_cnt, s_carry, b, ws)
-                p, p_cnt, p_carry = _trim(p, p_cnt, p_carry, b, wp)
-            if self.coattention is not None:
-                s, p = self.coattention.forward_eval(s, s_carry, _mask(s_cnt, ws, s_min),
-                                                     p, p_carry, _mask(p_cnt, wp, p_min), sides[0].take,
-                                                     (sides[0].next_buffer(), sides[1].next_buffer()))
-                sides[0].flip()
-                sides[1].flip()
-            s, s_carry = sides[0].fuse(s, s_cnt, s_min)
-            p, p_carry = sides[1].fuse(p, p_cnt, p_min)
-            s_cnt, p_cnt = (s_cnt - 1).clamp_(min=1), (p_cnt - 1).clamp_(min=1)
-            r += 1
-            b_next = active(r)
-            if b_next < b:                                  # these pairs finished in round r - 1
-                s_out[b_next:b], p_out[b_next:b] = s[b_next:b, 0], p[b_next:b, 0]
-            b = b_next
-
-    @staticmethod
-    def _unsort(order, s_out, p_out):
-        """Rows of the sorted outputs back to the caller's order."""
-        return tuple(torch.empty_like(x).index_copy_(0, order, x) for x in (s_out, p_out))
-
-    def _eval_sides(self, take):
-        carry = [None, None] if self.coattention is None else \
-            [self.coattention.eval_carry(side) for side in ('sketch', 'photo')]
-        return (_EvalSide('s', self.sketch_fusion, carry[0], take),
-                _EvalSide('p', self.photo_fusion, carry[1], take))
+        """The loop in evaluation mode without autograd (fast_eval.loop)."""
+        return fast_eval.loop(self, s, s_mask, p, p_mask)
 
     def _round(self, state, s_noise, p_noise, p_forced, need, merges):
         """One round on state [s, s_mask, s_sizes, p, p_mask, p_sizes] -> (the new state, the nodes
@@ -357,138 +271,12 @@ class _Schedule:
         self.rounds, self.count = rounds, count
 
 
-class _Workspace:
-    """Named scratch tensors of the evaluation fast path, reused by every round and pass of a call.
-    Fresh tensors of a few MB at every step can cost page faults on a CPU (glibc may hand large
-    blocks back to the OS: ~80,000 faults per 512 pairs measured for the released head without
-    this; with glibc forced to, the head took 1.6x as long). take(name, shape) -> a contiguous view of buffer
-    `name`, grown when too small; a name is only taken again once its last view is dead."""
-
-    def __init__(self, like):
-        self.like = like
-        self.buffers = {}
-
-    def take(self, name, shape):
-        n = math.prod(shape)
-        buf = self.buffers.get(name)
-        if buf is None or buf.numel() < n:
-            buf = self.buffers[name] = self.like.new_empty(max(n, 1))
-        return buf[:n].view(shape)
-
-
-class _EvalSide:
-    """One side ('s' or 'p') of the evaluation fast path: its weights - the compatibility
-    projection W_c (None: plain dot product), the merge layer, the E carried projection columns of
-    the co-attention (CoAttention.eval_carry; none without co-attention) - and which of its two
-    node buffers in the workspace holds the current nodes."""
-
-    def __init__(self, name, fusion, carry, take):
-        self.name, self.fusion, self.take = name, fusion, take
-        self.comp_w = fusion.eval_proj()
-        self.merge = fusion.eval_merge()
-        self.carry_w, self.carry_b = carry if carry is not None else (None, None)
-        self.current = 0
-
-    def next_buffer(self):
-        """The name of the node buffer that does not hold the current nodes; the caller writes the
-        side's next nodes there and calls flip()."""
-        return f'{self.name}.nodes{1 - self.current}'
-
-    def flip(self):
-        self.current = 1 - self.current
-
-    def carry(self, x):
-        """[B, n, D] -> [B, n, E] carried projections, or None without co-attention."""
-        if self.carry_w is None:
-            return None
-        b, n, d = x.shape
-        out = self.take(f'{self.name}.carry', (b * n, len(self.carry_w)))
-        if self.carry_b is None:
-            return torch.mm(x.view(b * n, d), self.carry_w.t(), out=out).view(b, n, -1)
-        return torch.addmm(self.carry_b, x.view(b * n, d), self.carry_w.t(), out=out).view(b, n, -1)
-
-    def fuse(self, x, counts, min_count):
-        """One greedy fusion level on every set with more than one node (M5-M7), and the carried
-        projections of the new sets. x: [B, n, D] contiguous, counts: long [B] real nodes,
-        min_count: their minimum (a host int). Returns (x' [B, n - 1, D], carry' or None); with
-        n = 1 nothing is fused: (x, carry of x)."""
-        b, n, d = x.shape
-        if n == 1:
-            return x, self.carry(x)
-        take, name = self.take, self.name
-        flat = x.view(b * n, d)
-        comp = x
-        if self.comp_w is not None:
-            comp = torch.mm(flat, self.comp_w.t(), out=take(f'{name}.comp', (b * n, len(self.comp_w))))
-            comp = comp.view(b, n, -1)
-        c = torch.bmm(comp, comp.transpose(1, 2), out=take(f'{name}.compat', (b, n, n)))
-        padded = min_count < n
-        a_idx, b_idx = greedy_pairs(c, counts if padded else None)
-        if min_count > 1:
-            rows = iota(b, x.device)
-            slot = (counts - 2) if padded else torch.full_like(counts, n - 2)
-            pair = torch.stack([a_idx, b_idx], 1)
-        else:                                       # sets with one node keep it, merge nothing
-            need = counts > 1
-            a_idx, b_idx = a_idx.masked_fill(~need, n), b_idx.masked_fill(~need, n)
-            rows = need.nonzero()[:, 0]
-            slot = counts[rows] - 2
-            pair = torch.stack([a_idx[rows], b_idx[rows]], 1)
-        out = take(self.next_buffer(), (b * (n - 1), d))
-        x_new = torch.index_select(flat, 0, drop_and_append(n, a_idx, b_idx), out=out)
-        self.flip()
-        pair = pair.add_((rows * n)[:, None]).view(-1)
-        both = torch.index_select(flat, 0, pair, out=take(f'{name}.pair', (len(pair), d))).view(-1, 2 * d)
-        if self.merge is None:
-            merged = self.fusion.merge(both)
-        else:
-            linear, relu = self.merge
-            merged = torch.addmm(linear.bias, both, linear.weight.t(), out=take(f'{name}.merged', (len(rows), d)))
-            if relu:
-                merged.relu_()
-        x_new.index_copy_(0, slot.add_(rows * (n - 1)), merged)
-        x_new = x_new.view(b, n - 1, d)
-        return x_new, self.carry(x_new)
-
-
-def eval_pairs(device, nodes, dim):
-    """Pairs per pass of the evaluation fast path (and, on a GPU, per call: model.distance_matrix)
-    for nodes x dim node sets. CPU: 256, so that a pass's working set stays near the caches (a few
-    MB per tensor at D = 256; on a 2-core CPU 128-256 was best with one thread, 256-512 with two;
-    benchmarks/head_speed.py's 'chunks' section). CUDA: a GPU is bound by launches (~20 per
-    round per pass, whatever its size), so as many pairs as fit in a quarter of the free memory
-    at 24 node-sized float32 tensors per pair (the gathered nodes, the workspace), at most 65536."""
-    if device.type != 'cuda':
-        return 256
-    free, _ = torch.cuda.mem_get_info(device)
-    return int(max(256, min(65536, free // 4 // (24 * nodes * dim * 4))))
-
-
 def _mean_weights(a, b):
     """Leaf weights {leaf: w} of a node merged as the mean of nodes with weights a and b."""
     out = {}
     for leaf, w in (*a.items(), *b.items()):
         out[leaf] = out.get(leaf, 0.0) + w / 2
     return out
-
-
-def _mask(counts, width, min_count):
-    """bool [B, width] real nodes, or None when no set is padded."""
-    if min_count >= width:
-        return None
-    return iota(width, counts.device) < counts[:, None]
-
-
-def _trim(x, counts, carry, b, width):
-    """The first b sets, cut to `width` slots, contiguous."""
-    x = x[:b, :width].contiguous()
-    carry = None if carry is None else carry[:b, :width].contiguous()
-    return x, counts[:b], carry
-
-
-def _full(x):
-    """x in float32 unless it is float32 or float64 already (the references run in float64)."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def masked_max(x, mask):
@@ -501,16 +289,17 @@ VARIANTS = {
     'paper': dict(gate='learned', compatibility='projected', relu=True, shared_merge=False),
     'released': dict(gate='product', compatibility='dot', relu=False, shared_merge=True),
 }
-HEAD_METHODS = ('hierarchy', 'localised_coattn', 'no_coattn')
 READOUTS = ('root', 'root+pool')
 ROUND_NORMS = ('none', 'l2')
 MERGE_ACTS = ('relu', 'none')
 
 
-def build_head(variant='paper', dim=512, att_dim=128, method='hierarchy', init='identity', merge='linear',
-               merge_act=None, selection='gumbel', readout='root', round_norm='none', level_merges='one'):
+def build_head(variant='paper', dim=512, att_dim=128, init='identity', merge='linear', merge_act=None,
+               selection='gumbel', readout='root', round_norm='none', level_merges='one', coattention=True,
+               fusion=True, gate=None):
     """The pairwise head. variant: 'paper' or 'released' (the authors' pre-Sep-2020 code);
-    method: 'hierarchy' (proposed), 'localised_coattn' (w/o Hierarchy), 'no_coattn';
+    the layout a method's row gives (methods.py): coattention / fusion (False: no co-attention,
+    no node fusion: one round, then the readout), gate (None: the variant's);
     init: 'identity' (merges start as means, co-attention updates start small; ours, the paper
     does not say) or 'pytorch' (PyTorch's, as the authors' code). The departures of
     docs/method.md, section 9: merge (hierarchy.MERGES), merge_act ('relu' | 'none'; None: the
@@ -519,14 +308,13 @@ def build_head(variant='paper', dim=512, att_dim=128, method='hierarchy', init='
     if variant not in VARIANTS:
         raise ValueError(f'unknown variant {variant!r}; expected one of {sorted(VARIANTS)}')
     v = VARIANTS[variant]
-    if method == 'localised_coattn':   # one round with the learned gate (paper, Table 1)
-        return PairHead(CoAttention(dim, att_dim, 'learned', init), None, None)
-    if method not in HEAD_METHODS:
-        raise ValueError(f'unknown method {method!r}')
+    gate = gate or v['gate']
+    if not fusion:
+        return PairHead(CoAttention(dim, att_dim, gate, init), None, None)
     if merge_act not in (None, *MERGE_ACTS):
         raise ValueError(f'unknown merge_act {merge_act!r}; expected one of {MERGE_ACTS}')
     relu = v['relu'] if merge_act is None else merge_act == 'relu'
-    coattention = None if method == 'no_coattn' else CoAttention(dim, att_dim, v['gate'], init)
+    coattention = CoAttention(dim, att_dim, gate, init) if coattention else None
     # maxres: the residual W_F [x_a ; x_b] + b starts at 0 and has no activation.
     layer_init, relu = ('zero', False) if merge == 'maxres' else (init, relu)
     merge_s = merge_layer(dim, relu, layer_init)
@@ -535,3 +323,8 @@ def build_head(variant='paper', dim=512, att_dim=128, method='hierarchy', init='
                     NodeFusion(merge_s, dim, v['compatibility'], att_dim, merge, selection, level_merges),
                     NodeFusion(merge_p, dim, v['compatibility'], att_dim, merge, selection, level_merges),
                     readout=readout, round_norm=round_norm)
+
+
+def _full(x):
+    """x in float32 unless it is float32 or float64 already (the references run in float64)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()

@@ -4,7 +4,6 @@
 Batched over node sets of different sizes: real nodes are a prefix of each row (mask True), and
 stay so after the merge, so no Python loop over pairs is needed.
 """
-import functools
 import math
 
 import torch
@@ -95,7 +94,7 @@ class NodeFusion(nn.Module):
         self.agreement = None
 
     def compatibility(self, x):
-        """x: [B, N, D] -> C: [B, N, N]"""
+        """(M5) x: [B, N, D] -> C: [B, N, N]"""
         y = x if self.proj is None else self.proj(x)
         if self.log_scale is not None:
             y = F.normalize(y, dim=-1)
@@ -138,7 +137,7 @@ class NodeFusion(nn.Module):
             if merges is None and valid is not None and not valid.any():
                 break
             logits = compat.masked_fill(invalid, float('-inf'))
-            if noise is None:
+            if noise is None:                                           # (M6): greedy at test
                 pick = logits.argmax(1)
                 choice = one_hot(pick, len(i), x.dtype)
             else:
@@ -146,7 +145,7 @@ class NodeFusion(nn.Module):
                 soft = torch.softmax(scores, dim=1)
                 pick = scores.argmax(1)
                 hard = one_hot(pick, len(i), x.dtype)
-                choice = hard - soft.detach() + soft                    # forward hard, backward soft
+                choice = hard - soft.detach() + soft                    # (M6): forward hard, backward soft
                 agreed = pick == logits.detach().argmax(1)
                 step = torch.stack([agreed.sum(), agreed.new_full((), b, dtype=torch.long)] if valid is None else
                                    [(agreed & valid).sum(), valid.sum()]).to(torch.float64)
@@ -176,7 +175,7 @@ class NodeFusion(nn.Module):
             elif self.rule == 'maxres':
                 merged.append(torch.maximum(x_a, x_b) + self.merge(torch.cat([x_a, x_b], dim=1)))
             else:
-                merged.append(self.merge(torch.cat([x_a, x_b], dim=1)))            # [B, D]
+                merged.append(self.merge(torch.cat([x_a, x_b], dim=1)))            # (M7) [B, D]
             ok = torch.ones_like(counts, dtype=torch.bool) if valid is None else valid
             merged_sizes.append(n_a[:, 0] + n_b[:, 0])
             pairs.append(torch.stack([i[k], j[k]], 1).masked_fill(~ok[:, None], -1))
@@ -194,70 +193,8 @@ class NodeFusion(nn.Module):
         new_sizes = torch.cat([sizes, torch.stack(merged_sizes, 1)], 1).gather(1, order)
         return out * new_mask[..., None], new_mask, new_sizes * new_mask, torch.stack(pairs, 1)
 
-    # ------------------------------------------------------------ evaluation fast path
-    def eval_proj(self):
-        """W_c [comp_dim, D] of the projected compatibility, or None for the plain dot product."""
-        return None if self.proj is None else self.proj.weight
-
-    def eval_merge(self):
-        """(nn.Linear with bias, relu) when the merge layer is one of merge_layer's, else None
-        (the fast path then calls the module)."""
-        if self.rule != 'linear':
-            raise ValueError(f'the evaluation fast path has only the linear merge, not {self.rule!r}')
-        m, relu = self.merge, False
-        if (isinstance(m, nn.Sequential) and len(m) == 2 and isinstance(m[0], nn.Linear)
-                and type(m[1]) is nn.ReLU):
-            m, relu = m[0], True
-        return (m, relu) if isinstance(m, nn.Linear) and m.bias is not None else None
-
 
 def one_hot(idx, n, dtype):
     """idx: long [...] -> [..., n] of dtype; F.one_hot without its range check, which on a CPU
     reads min and max back to the host (its CUDA kernel does not; this keeps both alike)."""
     return (idx[..., None] == torch.arange(n, device=idx.device)).to(dtype)
-
-
-_IOTA = {}
-
-
-def iota(n, device):
-    """torch.arange(n) (long) on device, as a view of a cached tensor: the evaluation fast path
-    needs a few per round and must not write to them."""
-    cached = _IOTA.get(device)
-    if cached is None or len(cached) < n:
-        with torch.inference_mode(False), torch.no_grad():
-            cached = _IOTA[device] = torch.arange(max(n, 64), device=device)
-    return cached[:n]
-
-
-@functools.cache
-def _not_candidate(n, device):
-    """bool [n, n]: True where (i, j) is not a candidate pair (j <= i). Cached; not to be written."""
-    with torch.inference_mode(False), torch.no_grad():
-        return torch.ones(n, n, dtype=torch.bool, device=device).tril()
-
-
-def greedy_pairs(c, counts=None):
-    """(M6) at test time without the candidate list: c: [B, n, n] contiguous compatibility (only
-    i < j is read; c is overwritten), counts: long [B] real nodes per row, or None when all n are
-    real. Returns (a, b), long [B], a < b: the first maximum of C[i, j] over i < j < count in
-    row-major order, the pair NodeFusion picks (its candidates are the same pairs in the same
-    order). Rows with fewer than 2 nodes get (0, 0)."""
-    b, n, _ = c.shape
-    skip = _not_candidate(n, c.device)
-    if counts is not None:
-        skip = skip | (iota(n, c.device) >= counts[:, None, None])
-    k = c.masked_fill_(skip, float('-inf')).view(b, n * n).argmax(1)
-    return torch.div(k, n, rounding_mode='floor'), k.remainder(n)
-
-
-def drop_and_append(n, a, b):
-    """(M7)'s new order as flat row indices, for node sets stored as the rows of a [B * n, ...]
-    tensor: (a, b), long [B], is the pair each set drops (a < b; a = b = n drops nothing).
-    Returns long [B * (n - 1)]: output slot t of set k takes row k * n + (the old slot of the
-    set's t-th kept node). The merged node's slot (count - 2) and padded slots get some row of
-    the same set; the caller overwrites the merged slot."""
-    t = iota(n - 1, a.device)
-    u = t + (t >= a[:, None])
-    src = (u + (u >= b[:, None])).clamp_(max=n - 1)
-    return src.add_(iota(len(a), a.device)[:, None] * n).view(-1)

@@ -15,7 +15,8 @@ Layouts
          each sketch on one row, each photo in one split); sketches are images (any polarity)
          or .npy (L, 3) vector sketches on the 256 canvas. Photo boxes: selective search, cached
          in <root>/Folder_boxes.json keyed by path, size in bytes and modification time.
-  Synthetic / SyntheticGUI: generated on first use (package `synthetic`), then read as QMUL / SWIRE.
+  Synthetic / SyntheticGUI: generated on first use (package `synthetic`, by dataset.load_index), then read
+  as QMUL / SWIRE.
 
 Nodes (boxes)
   Vector sketch: one box per stroke (sketch.py). Raster sketch: whole image + merged ink blobs.
@@ -28,7 +29,7 @@ Nodes (boxes)
 Every box table passes proposals.check_boxes; a vector sketch has at most --max_sketch_strokes strokes
 and --max_sketch_points points, an image a bounded number of pixels (files.py).
 
-Repairs (counted and printed by `python dataset.py --summary`; anything else is a DatasetError):
+Repairs (counted and printed by `python prepare.py dataset --summary`; anything else is a DatasetError):
   - vector coordinates at most 16 px off the 256 canvas: clamped onto it;
   - a vector sketch whose last point has pen = 0: its last stroke ends at the last point;
   - photo / GUI boxes partly outside the image: clamped to it; boxes with no area left: dropped
@@ -54,7 +55,6 @@ import sketch
 from files import (
     SKETCH_MAX_PIXELS,
     DatasetError,
-    describe_os_error,
     image_size,
     open_image,
     read_npy,
@@ -100,7 +100,6 @@ class DataIndex:
     repairs: Counter = field(default_factory=Counter)
     repair_example: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
-    generate: dict = field(default_factory=dict)   # embedded datasets: seed and sizes
 
     def repair(self, what, where, count=1):
         self.repairs[what] += count
@@ -396,26 +395,8 @@ def read_folder(index, style):
     index.box_source = str(cache.path)
 
 
-# ----------------------------------------------------------------------------- generated
-def generated(read):
-    """A reader that first generates the embedded dataset (package synthetic) with the index's
-    `generate` options, then reads it with `read`."""
-    def read_generated(index, style):
-        from synthetic import ensure_synthetic  # generated on first use
-        try:
-            ensure_synthetic(index.root, index.name, **index.generate)
-        except ValueError as e:
-            raise DatasetError(f'--dataset {index.name}: {e}') from None
-        except OSError as e:     # a read-only or full --data_root
-            raise DatasetError(f'--dataset {index.name}: cannot generate it in {index.root} '
-                               f'({e.filename or index.root}: {describe_os_error(e)})') from None
-        read(index, style)
-    read_generated.generates = True
-    return read_generated
-
-
 READERS = {
-    'Synthetic': generated(read_qmul), 'SyntheticGUI': generated(read_swire),
+    'Synthetic': read_qmul, 'SyntheticGUI': read_swire,     # generated first (dataset.load_index)
     'ChairV2': read_qmul, 'ShoeV2': read_qmul, 'SWIRE': read_swire, 'Folder': read_folder,
 }
 
@@ -441,17 +422,15 @@ def carve_validation(index, fraction):
                        f'{len(index.test)} sketches replace the test split (--validation {fraction})')
 
 
-def load_index(name, root, num_regions, style, generate=None, validation=0.0):
+def load_index(name, root, num_regions, style, validation=0.0):
     """Validate the dataset `name` under `root` -> DataIndex (DatasetError on any bad input).
 
-    generate: options of the embedded datasets (seed, sizes), passed to synthetic.ensure_synthetic.
     validation: > 0 evaluates on that fraction of the training photos instead of the test split
     (carve_validation)."""
     require(name in READERS, f'unknown dataset {name!r}; choose one of {", ".join(READERS)}')
     require(num_regions >= 1, f'--num_regions must be >= 1, got {num_regions}')
-    index = DataIndex(name, Path(root), num_regions, generate=dict(generate or {}))
-    if not getattr(READERS[name], 'generates', False):
-        require(index.root.is_dir(), f'{index.root}: --data_root does not exist')
+    index = DataIndex(name, Path(root), num_regions)
+    require(index.root.is_dir(), f'{index.root}: --data_root does not exist')
     READERS[name](index, style)
     require(index.test, f'{index.root}: {name} has no test sketches')
     if validation:

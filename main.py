@@ -13,21 +13,19 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from torch.nn.parallel import DistributedDataParallel
 
-import feature_cache
+import experiment
 import options
 import runtime
 from backbones import PretrainedWeightsError
-from checkpoint import MODEL_OPTIONS, CheckpointError, load_checkpoint, load_model_state, read_checkpoint
-from dataset import build_datasets
+from checkpoint import CheckpointError, load_checkpoint, model_config
 from feature_cache import FeatureCacheError
 from files import DatasetError, describe_os_error
-from losses import TripletLoss
-from methods import build_model
-from train import Trainer, TrainingStopped, make_optimizer
+from train import Trainer, TrainingStopped
 
 
 def run_folder(args, resuming):
@@ -103,9 +101,9 @@ def setup(argv):
         path, state, args = load_checkpoint(args.resume, args, explicit)
         refuse_other_data(state['args'], explicit, path)
     elif args.init_from:   # a new run on this command line's data, with the model (options) of the checkpoint
-        _, _, init = load_checkpoint(args.init_from, args, explicit)
-        for k in MODEL_OPTIONS:
-            setattr(args, k, getattr(init, k))
+        _, init_state, init = load_checkpoint(args.init_from, args, explicit)
+        for k, v in asdict(model_config(init_state, args.init_from, init)).items():
+            setattr(args, k, v)
         args.pretrained = 'none'
     problem = runtime.check_amp(args.amp, device)
     if problem:
@@ -121,24 +119,12 @@ def main(argv=None):
     try:
         args, state, run_dir, device = setup(argv)
         rank, world = runtime.world()
-        runtime.seed_everything(args.seed)
-        if rank != 0:
-            runtime.barrier()   # rank 0 first: it alone generates the embedded dataset or the box cache
-        train_set, test = build_datasets(options.data_config(args))
-        if rank == 0:
-            runtime.barrier()
-        model = build_model(args)
-        if args.init_from:
-            load_model_state(model, read_checkpoint(args.init_from)[1], args.init_from, args)
-        model = model.to(device)
-        if args.freeze_backbone:
-            feature_cache.attach(model, args.feature_cache)
-        optimizer = make_optimizer(model, args)
-        model.every_parameter = world > 1       # DDP needs every parameter's gradient in every step
-        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None) \
+        s = experiment.setup(args, device)
+        train_set, test = s.train_set, s.test
+        s.model.every_parameter = world > 1       # DDP needs every parameter's gradient in every step
+        ddp = DistributedDataParallel(s.model, device_ids=[device.index] if device.type == 'cuda' else None) \
             if world > 1 else None
-        trainer = Trainer(args, model, TripletLoss.from_options(args), optimizer, train_set, test, run_dir,
-                          device, ddp)
+        trainer = Trainer(args, s.model, s.loss, s.optimizer, train_set, test, run_dir, device, ddp)
         if trainer.steps_per_epoch == 0:
             raise SystemExit(f'error: {len(train_set)} training sketches, fewer than --batch_size {args.batch_size}')
         if state is not None:

@@ -1,10 +1,12 @@
 """The table of methods: every row of the paper's Tables 1-2 that this repository trains, the
 class that implements it, and the option defaults that go with it. `--method NAME` picks a row;
-`build_model(args)` builds it. Adding a method = a class (model.py's interface) and a row here.
+`build_model(config)` builds it from a `ModelConfig`, which every checkpoint stores beside its
+weights. Adding a method = a class (model.py's interface) and a row here.
 Defaults marked 'paper' are the paper's for that row (docs/method.md, section 7).
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
+from backbones import build_backbone
 from baselines import (
     AttentionEmbedding,
     GatedSiamese,
@@ -29,11 +31,11 @@ HIERARCHY_PLUS = dict(merge='maxres', readout='root+pool', round_norm='l2')
 @dataclass(frozen=True)
 class Method:
     name: str
-    cls: type                        # a model.RetrievalModel with from_options(args, **build)
+    cls: type                        # a model.RetrievalModel with from_config(config, backbone, **build)
     label: str                       # the paper's row name
     help: str
     defaults: dict = field(default_factory=dict)   # option defaults of this row (over the backbone's)
-    build: dict = field(default_factory=dict)      # keyword arguments of cls.from_options
+    build: dict = field(default_factory=dict)      # keyword arguments of cls.from_config (the head's layout)
 
 
 METHODS = {m.name: m for m in (
@@ -41,10 +43,13 @@ METHODS = {m.name: m for m in (
            'region features, co-attention and hierarchical node fusion, repeated (the paper)'),
     Method('hierarchy_plus', CrossModalHierarchy, 'Proposed+ (ours)',
            'the proposed model with the departures that make its hierarchy help (docs/method.md, section 9)',
-           HIERARCHY_PLUS, dict(head='hierarchy')),
+           HIERARCHY_PLUS),
+    # one round with the learned gate, whatever the variant (the paper, Table 1)
     Method('localised_coattn', CrossModalHierarchy, 'B-Localised-Coattn',
-           'one co-attention round, max-pool, L2 (= the w/o Hierarchy ablation)'),
-    Method('no_coattn', CrossModalHierarchy, 'w/o Localised-Coattn', 'node fusion without co-attention'),
+           'one co-attention round, max-pool, L2 (= the w/o Hierarchy ablation)',
+           build=dict(fusion=False, gate='learned')),
+    Method('no_coattn', CrossModalHierarchy, 'w/o Localised-Coattn', 'node fusion without co-attention',
+           build=dict(coattention=False)),
     Method('graph_hierarchy', GraphHierarchy, 'B-Graph-Hierarchy',
            'co-attention and soft DiffPool clustering of the nodes, level by level'),
     Method('siamese', GlobalEmbedding, 'B-Siamese',
@@ -66,7 +71,45 @@ METHODS = {m.name: m for m in (
 )}
 
 
-def build_model(args):
-    """The model an options Namespace describes (options.py)."""
-    row = METHODS[args.method]
-    return row.cls.from_options(args, **row.build)
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that decides a model's parameters (main.py's options of the same names): every
+    checkpoint stores it beside the weights ('model_config'), and `build_model` rebuilds the model
+    from it alone, as nanoGPT's model_args. Defaults are the proposed model's on the paper's head."""
+    method: str = 'hierarchy'
+    backbone: str = 'vgg16'
+    feature_layer: str = 'stride32'
+    dim: int = 512
+    att_dim: int = 128
+    roi_size: int = 7
+    node_norm: str = 'none'
+    node_act: str = 'none'
+    separate_backbones: bool = False
+    variant: str = 'paper'
+    head_init: str = 'identity'
+    merge: str = 'linear'
+    merge_act: str = None             # None: the variant's
+    selection: str = 'gumbel'
+    readout: str = 'root'
+    round_norm: str = 'none'
+    level_merges: str = 'one'
+    level_loss: bool = False
+    seq_dim: int = 768
+    first_stage_dim: int = 0
+
+    @classmethod
+    def from_options(cls, args):
+        """The model config of a parsed options Namespace (options.parse_args('main'))."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+def build_model(config, pretrained='none', freeze=0):
+    """The model a ModelConfig describes, its backbones from `pretrained` weights (imagenet | none |
+    a path) with the first `freeze` stages frozen; model.config holds the config."""
+    row = METHODS[config.method]
+
+    def backbone():
+        return build_backbone(config.backbone, pretrained, config.feature_layer, freeze)
+    model = row.cls.from_config(config, backbone, **row.build)
+    model.config = config
+    return model

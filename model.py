@@ -10,7 +10,6 @@ Every method (this file and baselines.py) is a `RetrievalModel`: it encodes imag
 step) and evaluation calls `encode` and `distance_matrix`; neither knows which method it runs.
 Features are dicts of batch-first tensors, so they can be indexed, concatenated and split alike.
 """
-import functools
 import hashlib
 
 import torch
@@ -18,8 +17,8 @@ import torch.nn as nn
 from torchvision.ops import roi_align
 from tqdm import tqdm
 
-from backbones import build_backbone
-from head import PairHead, build_head, eval_pairs
+from fast_eval import eval_pairs
+from head import PairHead, build_head
 
 
 # ----------------------------------------------------------------------------- features
@@ -61,7 +60,7 @@ def batch_inputs(batch, key, device):
     [B, L, 3] + points_mask [B, L] (vector sketches), plan [B, N - 1, 2] (GUI tree merges) and
     keys, a list of B image keys (dataset.image_key: what a frozen trunk's features are cached by)."""
     names = {'image': key, 'boxes': f'{key}_boxes', 'mask': f'{key}_mask', 'points': f'{key}_points',
-             'points_mask': f'{key}_points_mask', 'plan': f'{key}_plan', 'plan_mask': f'{key}_plan_mask'}
+             'points_mask': f'{key}_points_mask', 'plan': f'{key}_plan'}
     out = {k: batch[v].to(device, non_blocking=True) for k, v in names.items() if v in batch}
     if f'{key}_key' in batch:
         out['keys'] = list(batch[f'{key}_key'])
@@ -159,7 +158,7 @@ class RetrievalModel(nn.Module):
     def distance_matrix(self, s, p, chunk=2048, rows=None, cols=None, progress=False):
         """[Q, G] distances of every sketch with every photo (or of the given rows [Q, M] of photo
         indices per query: returns [Q, M]), pairs scored `chunk` at a time (on a GPU at least as
-        many as fit: head.eval_pairs)."""
+        many as fit: fast_eval.eval_pairs)."""
         q = len(next(iter(s.values())))
         nodes = s.get('nodes')
         if nodes is not None and nodes.device.type == 'cuda':
@@ -271,15 +270,14 @@ class RegionEncoder(nn.Module):
         return [torch.cat([g[None], r[:k]]) for g, r, k in zip(global_pool, regions, mask.sum(1).tolist())]
 
 
-def region_encoders(args):
-    """(sketch encoder, photo encoder) of the options: one shared module unless separate_backbones."""
+def region_encoders(config, backbone):
+    """(sketch encoder, photo encoder) of a methods.ModelConfig, each on a fresh backbone()
+    (-> (net, channels)): one shared module unless separate_backbones."""
     def encoder():
-        return RegionEncoder(*build_backbone(args.backbone, args.pretrained, args.feature_layer,
-                                             getattr(args, 'freeze_backbone', 0)),
-                             dim=args.dim, roi_size=args.roi_size, node_norm=args.node_norm,
-                             node_act=getattr(args, 'node_act', 'none'))
+        return RegionEncoder(*backbone(), dim=config.dim, roi_size=config.roi_size, node_norm=config.node_norm,
+                             node_act=config.node_act)
     sketch = encoder()
-    return sketch, (encoder() if args.separate_backbones else sketch)
+    return sketch, (encoder() if config.separate_backbones else sketch)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -300,14 +298,13 @@ class CrossModalHierarchy(RetrievalModel):
         self.level_loss = level_loss
 
     @classmethod
-    def from_options(cls, args, head=None):
-        """head: the head's layout (head.HEAD_METHODS); None: the one --method names."""
-        get = functools.partial(getattr, args)
-        head = build_head(args.variant, args.dim, args.att_dim, head or args.method, args.head_init,
-                          merge=get('merge', 'linear'), merge_act=get('merge_act', None),
-                          selection=get('selection', 'gumbel'), readout=get('readout', 'root'),
-                          round_norm=get('round_norm', 'none'), level_merges=get('level_merges', 'one'))
-        return cls(*region_encoders(args), head, args.first_stage_dim, get('level_loss', False))
+    def from_config(cls, c, backbone, **layout):
+        """c: a methods.ModelConfig; backbone() -> (net, channels); layout: the head's layout of the
+        method's row (build_head's coattention, fusion, gate)."""
+        head = build_head(c.variant, c.dim, c.att_dim, c.head_init, merge=c.merge, merge_act=c.merge_act,
+                          selection=c.selection, readout=c.readout, round_norm=c.round_norm,
+                          level_merges=c.level_merges, **layout)
+        return cls(*region_encoders(c, backbone), head, c.first_stage_dim, c.level_loss)
 
     def encode(self, parts):
         """With one shared encoder every part goes through it in ONE call, so batch norm

@@ -6,7 +6,8 @@ argparse `parents=`), so that each program's --help lists only what it reads.
     parse_args('dataset', argv)    data options + --summary
 
 Names come from the tables of the modules that own them (layouts.READERS, backbones.BACKBONES,
-methods.METHODS). Defaults are the paper's (arXiv 2007.15103; docs/method.md) where it has one; options
+methods.METHODS, ...); options.py imports nothing else, and no module it imports imports it. The
+options become the data layer's DataConfig and the model's ModelConfig in experiment.py. Defaults are the paper's (arXiv 2007.15103; docs/method.md) where it has one; options
 left unset are filled from the backbone's row, then the method's (`resolve`). Every numeric option
 is checked when parsed, with a one-line error.
 """
@@ -17,11 +18,11 @@ import backbones
 import layouts
 import losses
 import methods
-from dataset import PHOTO_INPUTS, DataConfig
 from head import MERGE_ACTS, READOUTS, ROUND_NORMS, VARIANTS
 from hierarchy import INITS, LEVEL_MERGES, MERGES, SELECTIONS
 from model import NODE_ACTS
-from sketch import DETAIL_FRACTION, MAX_POINTS, MAX_STROKES, SketchStyle
+from sketch import DETAIL_FRACTION, MAX_POINTS, MAX_STROKES
+from transforms import PHOTO_INPUTS
 
 # The paper trains 200 epochs; the embedded datasets get a budget that `python main.py` (light
 # backbone, 2-core CPU) finishes in under 10 minutes.
@@ -396,19 +397,3 @@ def resolve(args):
     if getattr(args, 'epochs', 0) is None:
         args.epochs = DATASET_EPOCHS.get(args.dataset, PAPER_EPOCHS)
     return args
-
-
-def data_config(args):
-    """The data layer's frozen config from the options: what the method reads (vector sketches,
-    GUI trees) follows from --method and --hierarchy."""
-    generate = (('seed', args.synthetic_seed), *sorted(dict(args.synthetic_size or []).items()))
-    style = SketchStyle(args.sketch_detail, args.line_width, args.merge_gap, args.max_sketch_nodes,
-                        getattr(args, 'sketch_whole_box', False), getattr(args, 'max_sketch_strokes', MAX_STROKES),
-                        getattr(args, 'max_sketch_points', MAX_POINTS))
-    method = getattr(args, 'method', None)
-    return DataConfig(dataset=args.dataset, root=args.data_root, num_regions=args.num_regions,
-                      image_size=args.image_size, photo_input=args.photo_input or 'rgb',
-                      flip_prob=args.flip_prob, style=style, cache=args.image_cache, generate=generate,
-                      validation=getattr(args, 'validation', 0.0),
-                      points=bool(method) and methods.METHODS[method].cls.needs_points,
-                      plans=getattr(args, 'hierarchy', 'learned') == 'explicit')

@@ -12,13 +12,11 @@ and the two caches that keep them.
   Folder or gallery cache): finite, inside the image after clipping, positive area, box 0 the whole
   photo where the format says so. A bad cache entry is recomputed (and counted), never used.
 
-    python proposals.py PHOTO_DIR BOXES_OUT.pickle     # precompute a QMUL-style pickle
+    python prepare.py proposals PHOTO_DIR BOXES_OUT.pickle     # precompute a QMUL-style pickle
 """
-import argparse
 import ctypes
 import json
 import pickle
-import sys
 from pathlib import Path
 
 import cv2
@@ -39,7 +37,7 @@ from files import (
 
 BOX_TOP_N, BOX_MIN_SIDE = 16, 10
 SELECTIVE_SEARCH_MAX_SIDE = 512   # larger photos are searched downscaled (speed), boxes scaled back
-PRECOMPUTE_HINT = 'precompute the boxes elsewhere with python proposals.py PHOTO_DIR BOXES_OUT.pickle'
+PRECOMPUTE_HINT = 'precompute the boxes elsewhere with python prepare.py proposals PHOTO_DIR BOXES_OUT.pickle'
 IMAGE_EXTENSIONS = {'.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff'}
 
 
@@ -198,28 +196,15 @@ class BoxCache:
 def precompute_boxes(photo_dir, boxes_out):
     """Selective search for every image under photo_dir -> QMUL-style pickle {path relative to it:
     boxes}. An existing boxes_out is extended. Returns the number of photos computed."""
-    photo_dir = Path(photo_dir)
-    require(photo_dir.is_dir(), f'{photo_dir}: no such folder')
-    paths = {p.relative_to(photo_dir).as_posix(): p for p in sorted(photo_dir.rglob('*'))
-             if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()}
-    require(paths, f'{photo_dir}: no images found')
-    return update_box_pickle(Path(boxes_out), paths)[1]
+    return update_box_pickle(Path(boxes_out), folder_images(photo_dir))[1]
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description='Selective-search boxes for every image of a folder, in '
-                                            'the QMUL pickle format (box 0 = the whole image).')
-    p.add_argument('photo_dir')
-    p.add_argument('boxes_out', help='e.g. DATA/ShoeV2_Select_Search_boxes_min10_topN16.pickle')
-    a = p.parse_args(argv)
-    try:
-        n = precompute_boxes(a.photo_dir, a.boxes_out)
-    except DatasetError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    print(f'{a.boxes_out}: selective-search boxes computed for {n} photos')
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())
+def folder_images(folder, what=''):
+    """{path relative to folder (posix): Path} of every image file under `folder`, hidden files
+    left out, sorted; a DatasetError (prefixed `what`, e.g. '--gallery ') if there is none."""
+    folder = Path(folder)
+    require(folder.is_dir(), f'{what}{folder}: no such folder')
+    images = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob('*'))
+              if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith('.')}
+    require(images, f'{what}{folder}: no images')
+    return images

@@ -10,6 +10,8 @@ first-stage embedding (`model.first_stage`), and only each query's top M go thro
 head; the others keep their first-stage order behind them. M >= the gallery size gives the full
 pairwise ranking.
 """
+from dataclasses import dataclass
+
 import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Subset
@@ -18,6 +20,21 @@ from tqdm import tqdm
 import runtime
 from dataset import collate
 from model import batch_inputs, concat, select
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a test split is evaluated (the evaluation options): images per batch when encoding,
+    DataLoader workers, pairs per call of the pairwise head, and the two-stage M (0 = the head on
+    every pair)."""
+    batch_size: int = 32
+    workers: int = 0
+    pair_chunk: int = 2048
+    rerank: int = 0
+
+    @classmethod
+    def from_options(cls, args):
+        return cls(args.eval_batch_size, args.workers, args.pair_chunk, args.rerank)
 
 
 @torch.no_grad()
@@ -98,17 +115,18 @@ def shard(n):
 
 
 @torch.no_grad()
-def evaluate(model, test, device, batch_size=32, workers=0, chunk=2048, rerank=0, progress=True):
-    """The whole test split. Under torch.distributed each process ranks its share of the queries
-    against the whole gallery and the rows are gathered, so every query counts once.
-    Returns (metrics, scores [Q, G], targets [Q], ranks [Q]) on the CPU."""
+def evaluate(model, test, device, config=EvalConfig(), progress=True):
+    """The whole test split, as an EvalConfig says. Under torch.distributed each process ranks its
+    share of the queries against the whole gallery and the rows are gathered, so every query
+    counts once. Returns (metrics, scores [Q, G], targets [Q], ranks [Q]) on the CPU."""
     was_training = model.training
     model.eval()
     mine = list(shard(len(test.queries)))
-    p, _ = encode_set(model, test.gallery, 'photo', batch_size, device, workers, progress)
+    p, _ = encode_set(model, test.gallery, 'photo', config.batch_size, device, config.workers, progress)
     if mine:
-        s, targets = encode_set(model, Subset(test.queries, mine), 'sketch', batch_size, device, workers, progress)
-        scores = rank_scores(model, s, p, rerank, chunk, progress)
+        s, targets = encode_set(model, Subset(test.queries, mine), 'sketch', config.batch_size, device,
+                                config.workers, progress)
+        scores = rank_scores(model, s, p, config.rerank, config.pair_chunk, progress)
     else:       # fewer queries than processes: this one has none, but still joins the gathers
         scores = torch.empty(0, len(test.gallery), device=device)
         targets = torch.empty(0, dtype=torch.long, device=device)

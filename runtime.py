@@ -143,10 +143,6 @@ def world():
     return 0, 1
 
 
-def is_main():
-    return world()[0] == 0
-
-
 def barrier():
     if world()[1] > 1:
         dist.barrier()

@@ -6,31 +6,29 @@ sketch, print the ranking and draw it.
 SKETCH: a raster sketch image (dark on light or the reverse), a vector sketch .npy (L, 3) of
 x, y, pen on the 256 canvas, or a sketch key of the checkpoint's dataset. The gallery's features
 (region nodes and first-stage embeddings) are computed once and stored in PHOTO_DIR as a
-`GalleryIndex` (float16), tied to the checkpoint's bytes, the options that shape features and every
-photo's size and modification time: a stale or unreadable index is rebuilt, never used. The index
-also stores the photos it was built from (name, bytes, modification time, W x H) in its row order,
-and they must be the gallery's now. A gallery that cannot be written is searched all the same.
+`GalleryIndex` (float16), tied to the checkpoint's bytes, the data config (experiment.data_config)
+and every photo's size and modification time: a stale or unreadable index is rebuilt, never used.
+The index also stores the photos it was built from (name, bytes, modification time, W x H) in its
+row order, and they must be the gallery's now. A gallery that cannot be written is searched all the same.
 """
 import hashlib
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import layouts
-import options
 import retrieval
 import sketch
 import transforms
 from checkpoint import CheckpointError, save_checkpoint
-from dataset import GallerySet, Images, build_datasets, collate
+from dataset import GallerySet, Images, build_datasets, collate, point_tensor
+from experiment import data_config
 from files import SKETCH_MAX_PIXELS, DatasetError, image_size, open_image, read_npy, require
 from model import batch_inputs
-from proposals import IMAGE_EXTENSIONS, BoxCache
+from proposals import BoxCache, folder_images
 
 INDEX_FILE = '.fgsbir_gallery_index.pt'
 BOX_FILE = '.fgsbir_boxes.json'
-FEATURE_OPTIONS = ('image_size', 'num_regions', 'photo_input', 'sketch_detail', 'line_width')
 
 
 class StaleIndexError(Exception):
@@ -88,23 +86,14 @@ def photo_rows(photos):
 
 
 def identity_of(checkpoint, args, photos):
-    """sha256 over the checkpoint's bytes, the feature-shaping options and each photo's name,
-    size in bytes and modification time."""
+    """sha256 over the checkpoint's bytes, the data config (everything that shapes an image's
+    tensor and boxes) and each photo's name, size in bytes and modification time."""
     h = hashlib.sha256(Path(checkpoint).read_bytes())
-    h.update(repr([(k, getattr(args, k, None)) for k in FEATURE_OPTIONS]).encode())
+    h.update(repr(data_config(args)).encode())
     for name, path in sorted(photos.items()):
         st = Path(path).stat()
         h.update(f'{name}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
     return h.hexdigest()
-
-
-def folder_photos(gallery):
-    folder = Path(gallery)
-    require(folder.is_dir(), f'--gallery {folder}: no such folder')
-    photos = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob('*'))
-              if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith('.')}
-    require(photos, f'--gallery {folder}: no images')
-    return photos
 
 
 @torch.no_grad()
@@ -117,7 +106,7 @@ def build_index(model, args, photos, identity, device, box_cache):
         print(f'gallery boxes: {bad} bad entries of {box_cache.path} recomputed')
     layouts.add_photos(index, table, photos, box_cache.path, whole_first=True)
     names = sorted(photos)
-    config = options.data_config(args)
+    config = data_config(args)
     feats, _ = retrieval.encode_set(model, GallerySet(names, Images(index, config, train=False)), 'photo',
                                     args.eval_batch_size, device)
     return GalleryIndex(names, {k: v.cpu() for k, v in feats.items()}, identity, photo_rows(photos))
@@ -125,7 +114,7 @@ def build_index(model, args, photos, identity, device, box_cache):
 
 def query_inputs(spec, args, device):
     """(PIL sketch as drawn, inputs dict of a batch of one) for a query file or dataset key."""
-    style = options.data_config(args).style
+    style = data_config(args).style
     path = Path(spec)
     if path.suffix.lower() == '.npy' and path.is_file():
         try:
@@ -140,7 +129,7 @@ def query_inputs(spec, args, device):
         except sketch.SketchError as e:
             raise DatasetError(f'--query {path}: {e}') from None
     else:
-        _, test = build_datasets(options.data_config(args))
+        _, test = build_datasets(data_config(args))
         records = {r.name: r for r in test.index.train + test.index.test}
         require(spec in records, f'--query {spec}: neither a file nor a sketch key of {args.dataset}')
         rec = records[spec]
@@ -149,8 +138,7 @@ def query_inputs(spec, args, device):
     x, b = transforms.to_tensors(*transforms.test_geometry(img.convert('L'), boxes, args.image_size))
     item = {'sketch': x, 'sketch_boxes': b}
     if points is not None:
-        item['sketch_points'] = torch.from_numpy(sketch.select_points(points, style.detail).astype(np.float32))
-        item['sketch_points'][:, :2] /= sketch.CANVAS
+        item['sketch_points'] = point_tensor(points, style.detail, flip=False)
     return img, batch_inputs(collate([item]), 'sketch', device)
 
 
@@ -161,11 +149,11 @@ def search(model, args, checkpoint, query, gallery, topk, device):
     require('points' in inputs or not type(model).needs_points,
             f'--query {query}: {args.method} reads vector sketches; give a .npy (L, 3) or a dataset key')
     if gallery is None:
-        _, test = build_datasets(options.data_config(args))
+        _, test = build_datasets(data_config(args))
         p, _ = retrieval.encode_set(model, test.gallery, 'photo', args.eval_batch_size, device)
         names, image_of = test.gallery_names, test.gallery_image
     else:
-        photos = folder_photos(gallery)
+        photos = folder_images(gallery, '--gallery ')
         path = Path(gallery) / INDEX_FILE
         identity, rows = identity_of(checkpoint, args, photos), photo_rows(photos)
         try:

@@ -27,14 +27,12 @@ import torch
 import options
 import retrieval
 import runtime
-from dataset import build_datasets
-from backbones import PretrainedWeightsError
+from backbones import BACKBONES, PretrainedWeightsError
 from checkpoint import CheckpointError
-from evaluate import load_model
+from experiment import load_test
 from feature_cache import FeatureCacheError
 from files import DatasetError, WriteError
 from main import main as train_run
-from backbones import BACKBONES
 from methods import METHODS
 
 # The paper's numbers (arXiv 2007.15103, Tables 1-3 and the k-regions study).
@@ -200,10 +198,9 @@ def evaluate_at(run, detail, device, rerank=None):
     overrides = {'sketch_detail': detail}
     if rerank is not None:
         overrides['rerank'] = rerank
-    model, args, _, _ = load_model(run / 'last.pth', overrides, device)
-    _, test = build_datasets(options.data_config(args))
-    metrics, scores, targets, ranks = retrieval.evaluate(model, test, device, args.eval_batch_size, args.workers,
-                                                         args.pair_chunk, args.rerank, progress=False)
+    model, args, test, _, _ = load_test(run / 'last.pth', overrides, device)
+    metrics, scores, targets, ranks = retrieval.evaluate(model, test, device, retrieval.EvalConfig.from_options(args),
+                                                         progress=False)
     return metrics, scores, targets, ranks, test
 
 
@@ -250,11 +247,9 @@ def kregions(a, base, runs):
     trained = None if not a.kregions_eval_only else runs.train(p, ['--method', p])[1]
     for k in (8, 12, 16, 20):
         run = trained or runs.train(f'{p}_k{k}', ['--method', p, '--num_regions', str(k)])[1]
-        model, args, _, _ = load_model(run / 'last.pth', {'num_regions': k, 'rerank': 0}, device)
-        _, test = build_datasets(options.data_config(args))
+        model, args, test, _, _ = load_test(run / 'last.pth', {'num_regions': k, 'rerank': 0}, device)
         start = time.perf_counter()
-        m, *_ = retrieval.evaluate(model, test, device, args.eval_batch_size, args.workers, args.pair_chunk, 0,
-                                   progress=False)
+        m, *_ = retrieval.evaluate(model, test, device, retrieval.EvalConfig.from_options(args), progress=False)
         per_query = (time.perf_counter() - start) / len(test.queries)
         data[k] = dict(m, seconds_per_query=per_query, gallery=len(test.gallery))
         paper = [f'{v:.2f}' for v in PAPER_KREGIONS[k]] if a.dataset == 'ChairV2' else ['-', '-']

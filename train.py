@@ -20,7 +20,7 @@ import feature_cache
 import retrieval
 import runtime
 from backbones import FeatureExtractor
-from checkpoint import CheckpointError, load_model_state, save_checkpoint
+from checkpoint import CheckpointError, load_model_state, model_state, save_checkpoint
 from dataset import collate
 from model import batch_inputs, modality
 
@@ -158,7 +158,7 @@ class Trainer:
 
     def checkpoint(self, file, rng):
         feature_cache.save_all(self.model)
-        save_checkpoint(self.run_dir / file, args=vars(self.args), model=self.model.state_dict(),
+        save_checkpoint(self.run_dir / file, args=vars(self.args), **model_state(self.model),
                         optimizer=self.optimizer.state_dict(), step=self.step, best_acc1=self.best,
                         metrics=self.last_metrics, rng=rng[0], rng_ranks=rng,
                         **({} if self.scaler is None else {'scaler': self.scaler.state_dict()}))
@@ -169,8 +169,7 @@ class Trainer:
         runtime.broadcast_buffers(self.model)     # every process evaluates rank 0's model
         with runtime.autocast(self.device, a.amp):
             metrics, dist_, targets, ranks = retrieval.evaluate(
-                self.model, self.test, self.device, a.eval_batch_size, a.workers, a.pair_chunk, a.rerank,
-                progress=self.rank == 0)
+                self.model, self.test, self.device, retrieval.EvalConfig.from_options(a), progress=self.rank == 0)
         if metrics['nonfinite']:
             raise TrainingStopped(f'{metrics["nonfinite"]} non-finite distances at the evaluation of step '
                                   f'{self.step} (learning rate {learning_rate(a, self.step - 1, self.total_steps):g}); '

@@ -12,6 +12,8 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+PHOTO_INPUTS = ('rgb', 'edges')     # what the network sees of a photo: the RGB image or photo_edges
+
 
 def joint_resize(img, boxes, size):
     """PIL W x H, boxes (n, 4) in its frame -> PIL size x size (aspect not kept), boxes scaled."""
@@ -69,16 +71,6 @@ def test_geometry(img, boxes, size):
 def hflip(x, boxes):
     """Mirror an image tensor [C, S, S] and its boxes [n, 4]."""
     return x.flip(-1), flip_boxes(boxes, x.shape[-1])
-
-
-def train_transform(img, boxes, size, flip):
-    """The whole training transform of one PIL image: geometry, then the flip if `flip`."""
-    x, b = to_tensors(*train_geometry(img, boxes, size))
-    return hflip(x, b) if flip else (x, b)
-
-
-def test_transform(img, boxes, size):
-    return to_tensors(*test_geometry(img, boxes, size))
 
 
 def photo_edges(img):

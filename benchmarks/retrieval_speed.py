@@ -18,11 +18,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import options  # noqa: E402
 import retrieval  # noqa: E402
 import runtime  # noqa: E402
-from dataset import build_datasets  # noqa: E402
-from evaluate import load_model  # noqa: E402
+from experiment import load_test  # noqa: E402
 
 
 def timed(fn, repeat=3):
@@ -38,10 +36,9 @@ def timed(fn, repeat=3):
 def two_stage(a):
     device = runtime.resolve_device(a.device)
     overrides = {k: v for k, v in (('data_root', a.data_root),) if v}
-    model, args, _, path = load_model(a.checkpoint, overrides, device)
+    model, args, test, _, path = load_test(a.checkpoint, overrides, device)
     if not model.has_first_stage:
         raise SystemExit(f'error: {path} has no first stage (train with --first_stage_dim > 0)')
-    _, test = build_datasets(options.data_config(args))
     s, targets = retrieval.encode_set(model, test.queries, 'sketch', args.eval_batch_size, device)
     p, _ = retrieval.encode_set(model, test.gallery, 'photo', args.eval_batch_size, device)
     q, g = len(test.queries), len(test.gallery)

@@ -17,13 +17,11 @@ import torch
 from torch.profiler import profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import feature_cache  # noqa: E402
+import experiment  # noqa: E402
 import options  # noqa: E402
 import runtime  # noqa: E402
 import train  # noqa: E402
-from dataset import build_datasets, collate  # noqa: E402
-from losses import TripletLoss  # noqa: E402
-from methods import build_model  # noqa: E402
+from dataset import collate  # noqa: E402
 
 
 def load_batches(train_set, args, steps):
@@ -42,15 +40,10 @@ def load_batches(train_set, args, steps):
 def run(argv, steps=4):
     args = options.parse_args('main', argv)
     device = runtime.resolve_device(args.device)
-    runtime.seed_everything(args.seed)
-    train_set, _ = build_datasets(options.data_config(args))
-    batches, cold = load_batches(train_set, args, steps + 1)
-    _, warm = load_batches(train_set, args, steps + 1)
-    model = build_model(args).to(device).train()
-    if args.freeze_backbone:
-        feature_cache.attach(model)
-    loss_fn = TripletLoss.from_options(args)
-    optimizer = train.make_optimizer(model, args)
+    s = experiment.setup(args, device)
+    model, loss_fn, optimizer = s.model.train(), s.loss, s.optimizer
+    batches, cold = load_batches(s.train_set, args, steps + 1)
+    _, warm = load_batches(s.train_set, args, steps + 1)
 
     def step(batch):
         return train.train_step(model, loss_fn, batch, optimizer, device, args.aux_weight, args.amp)

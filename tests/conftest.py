@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+import experiment
 import layouts
 import options
 import proposals
@@ -18,7 +19,7 @@ def make_config(dataset_name='ChairV2', data_root='data', *extra, **kw):
                                        '--image_size', '32', *extra])
     for k, v in kw.items():
         setattr(args, k, v)
-    return options.data_config(args)
+    return experiment.data_config(args)
 
 
 def vector_sketch(shift=0):

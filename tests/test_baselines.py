@@ -6,6 +6,7 @@ import pytest
 import torch
 from test_train import TINY
 
+import experiment
 import main
 from baselines import DiffPool, GatedSiamese, SpatialAttention, StrokeTransformer
 from methods import METHODS
@@ -150,15 +151,15 @@ def test_vector_sketch_rows_do_not_collapse_to_one_embedding(method, data_root):
     import train
     from dataset import build_datasets, collate
     from losses import TripletLoss
-    from methods import build_model
+    from methods import ModelConfig, build_model
     from model import batch_inputs
     k = TINY.index('--lr')
     tiny = TINY[:k] + TINY[k + 2:]         # the row's own learning rate
     args = options.parse_args('main', ['--data_root', str(data_root), *tiny, '--method', method])
     assert args.lr == 1e-4 and args.seq_dim == 768
     torch.manual_seed(0)
-    train_set, test = build_datasets(options.data_config(args))
-    model = build_model(args)
+    train_set, test = build_datasets(experiment.data_config(args))
+    model = build_model(ModelConfig.from_options(args), args.pretrained, args.freeze_backbone)
     optimizer = train.make_optimizer(model, args)
     for step in range(6):
         batch = collate([train_set[(i, step * 8 + i)] for i in range(4)])

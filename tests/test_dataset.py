@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 
 import dataset
 import layouts
+import prepare
 import proposals
 import transforms
 from files import DatasetError
@@ -74,11 +75,12 @@ def test_center_crop_clamps_boxes_and_keeps_a_1px_box():
 def test_train_and_test_transforms_keep_boxes_on_the_rectangle(size, flip):
     W, H = size
     img, boxes = rect_image(size, [W // 5, H // 4, W // 2, 3 * H // 4])
-    x, b = transforms.train_transform(img, boxes, 64, flip)
+    x, b = transforms.to_tensors(*transforms.train_geometry(img, boxes, 64))
+    x, b = transforms.hflip(x, b) if flip else (x, b)
     assert x.shape == (3, 64, 64) and b.shape == (1, 4)
     np.testing.assert_allclose(ink_box(x), b[0].numpy(), atol=1)
     assert (b[0, 0] + b[0, 2] > 64) == bool(flip)   # the rectangle is on the left unless flipped
-    x, b = transforms.test_transform(img, boxes, 48)
+    x, b = transforms.to_tensors(*transforms.test_geometry(img, boxes, 48))
     assert x.shape == (3, 48, 48)
     np.testing.assert_allclose(ink_box(x), b[0].numpy(), atol=1)
 
@@ -161,7 +163,7 @@ def test_summary_counts_and_fewer_boxes(qmul_root, capsys):
     table = pickle.loads((qmul_root / layouts.BOX_PICKLE.format('ChairV2')).read_bytes())
     table['c3.png'] = table['c3.png'][:1] + [[-5, 10, 30, 40], [5, 5, 5, 40]]  # clamp + zero area
     (qmul_root / layouts.BOX_PICKLE.format('ChairV2')).write_bytes(pickle.dumps(table))
-    assert dataset.main(['--dataset', 'ChairV2', '--data_root', str(qmul_root), '--summary']) == 0
+    assert prepare.main(['dataset', '--dataset', 'ChairV2', '--data_root', str(qmul_root), '--summary']) == 0
     out = capsys.readouterr().out
     assert 'train: 6 sketches / 3 photos' in out and 'test:  4 sketches / 2 photos' in out
     assert 'min 3 / median 3 / max 3' in out
@@ -202,7 +204,7 @@ def test_precompute_boxes_cli(tmp_path, capsys):
     photo_image((64, 48), (200, 30, 30)).save(tmp_path / 'ph' / 'a.png')
     photo_image((50, 50), (30, 200, 30)).save(tmp_path / 'ph' / 'sub' / 'b.jpg')
     out = tmp_path / 'boxes.pickle'
-    assert proposals.main([str(tmp_path / 'ph'), str(out)]) == 0
+    assert prepare.main(['proposals', str(tmp_path / 'ph'), str(out)]) == 0
     table = pickle.loads(out.read_bytes())
     assert set(table) == {'a.png', 'sub/b.jpg'} and table['a.png'][0] == [0, 0, 64, 48]
     assert proposals.selective_search(Image.open(tmp_path / 'ph' / 'a.png')) == table['a.png']  # deterministic
@@ -265,7 +267,7 @@ def test_error_unknown_dataset_and_wrong_root(qmul_root, tmp_path):
 
 
 def test_cli_error_is_clean_and_exits_2(tmp_path, capsys):
-    assert dataset.main(['--dataset', 'ChairV2', '--data_root', str(tmp_path / 'nowhere'), '--summary']) == 2
+    assert prepare.main(['dataset', '--dataset', 'ChairV2', '--data_root', str(tmp_path / 'nowhere'), '--summary']) == 2
     err = capsys.readouterr().err
     assert err.startswith('error: ') and 'Traceback' not in err and 'nowhere' in err
 

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 import dataset
 import evaluate
+import experiment
 import main
 import options
 import train
@@ -158,7 +159,7 @@ def ddp(tmp_path_factory):
     root = tmp_path_factory.mktemp('ddp')
     data = root / 'data'
     args = options.parse_args('main', ['--data_root', str(data), *SMALL])
-    dataset.build_datasets(options.data_config(args))      # generate once, before the processes start
+    dataset.build_datasets(experiment.data_config(args))      # generate once, before the processes start
     worker = root / 'worker.py'
     worker.write_text(WORKER)
     code, out = torchrun(worker, root / 'straight_dump', '--data_root', data, *SMALL, '--max_steps', '4',
@@ -190,7 +191,7 @@ def test_two_process_evaluation_counts_every_query_once(ddp):
     """Each rank ranked all 10 queries (its half, gathered), in order; the numbers equal a
     single-process evaluation of the checkpoint, which holds rank 0's model."""
     root, data, _, _ = ddp
-    targets = dataset.build_datasets(options.data_config(options.parse_args('main', ['--data_root', str(data),
+    targets = dataset.build_datasets(experiment.data_config(options.parse_args('main', ['--data_root', str(data),
                                                                                      *SMALL])))[1].targets
     for r in (0, 1):
         evaluated = torch.load(root / 'straight_dump' / f'rank{r}.pt', weights_only=True)['evaluated']

@@ -6,13 +6,14 @@ import pytest
 import torch
 from test_train import TINY
 
+import experiment
 import feature_cache
 import main
 import options
 import train
 from dataset import build_datasets, collate
 from losses import TripletLoss
-from methods import build_model
+from methods import ModelConfig, build_model
 
 
 @pytest.fixture(scope='module')
@@ -23,8 +24,8 @@ def data_root(tmp_path_factory):
 def setup(data_root, *extra):
     args = options.parse_args('main', ['--data_root', str(data_root), *TINY, *extra])
     torch.manual_seed(0)
-    train_set, test = build_datasets(options.data_config(args))
-    return args, train_set, test, build_model(args)
+    train_set, test = build_datasets(experiment.data_config(args))
+    return args, train_set, test, build_model(ModelConfig.from_options(args), args.pretrained, args.freeze_backbone)
 
 
 def step(model, args, batch):

@@ -14,6 +14,8 @@ from torchvision.ops import roi_align
 
 import dataset
 import head as head_module
+import experiment
+import fast_eval
 import options
 import runtime
 from head import build_head
@@ -233,12 +235,12 @@ def test_evaluation_pass_fits_the_device(monkeypatch):
     """Defect 5: the fast path ran 256 pairs a pass on every device (tuned for a CPU's caches:
     ~1M launches for ChairV2 on a GPU). On CUDA a pass (and a call) now holds as many pairs as
     fit in a quarter of the free memory."""
-    assert head_module.eval_pairs(torch.device('cpu'), 16, 512) == 256
+    assert fast_eval.eval_pairs(torch.device('cpu'), 16, 512) == 256
     monkeypatch.setattr(torch.cuda, 'mem_get_info', lambda device=None: (8 << 30, 16 << 30))
-    n = head_module.eval_pairs(torch.device('cuda'), 16, 512)
+    n = fast_eval.eval_pairs(torch.device('cuda'), 16, 512)
     assert n >= 2048 and n * 24 * 16 * 512 * 4 <= (8 << 30) // 4
     monkeypatch.setattr(torch.cuda, 'mem_get_info', lambda device=None: (80 << 30, 80 << 30))
-    assert head_module.eval_pairs(torch.device("cuda"), 16, 512) >= 16384      # ChairV2: 32,300 pairs in two passes
+    assert fast_eval.eval_pairs(torch.device("cuda"), 16, 512) >= 16384      # ChairV2: 32,300 pairs in two passes
 
 
 # ----------------------------------------------------------------------------- 7: the rest
@@ -312,7 +314,7 @@ def test_ddp_explicit_hierarchy(tmp_path):
     data = tmp_path / 'data'
     args = ['--dataset', 'SyntheticGUI', '--data_root', data, '--synthetic_size', 'screens=24',
             '--hierarchy', 'explicit', '--num_regions', '6']
-    dataset.build_datasets(options.data_config(options.parse_args('main', [*map(str, args), *COMMON])))
+    dataset.build_datasets(experiment.data_config(options.parse_args('main', [*map(str, args), *COMMON])))
     code, out = torchrun(tmp_path, *args, *COMMON, '--output_dir', tmp_path / 'runs')
     assert code == 0, out[-3000:]
     assert 'x 2 processes' in out and 'done in' in out
@@ -327,7 +329,7 @@ def test_ddp_one_node_and_an_empty_query_shard(tmp_path):
     args = ['--data_root', data, '--synthetic_size', 'train_photos=4', 'test_photos=1', 'sketches_per_photo=1',
             '--num_regions', '1']
     parsed = options.parse_args('main', [*map(str, args), *COMMON])
-    _, test = dataset.build_datasets(options.data_config(parsed))
+    _, test = dataset.build_datasets(experiment.data_config(parsed))
     assert len(test.queries) == 1
     code, out = torchrun(tmp_path, *args, *COMMON, '--output_dir', tmp_path / 'runs')
     assert code == 0, out[-3000:]

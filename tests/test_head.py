@@ -1,7 +1,5 @@
 """The batched pairwise head against a plain per-pair reference written from the paper's method
 (arXiv 2007.15103; docs/method.md, sections 3-5)."""
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,62 +7,12 @@ import torch.nn.functional as F
 from head import build_head
 from hierarchy import merge_layer
 from losses import triplet_loss
+from methods import METHODS
 from model import CrossModalHierarchy, pair_distance
+from reference import ref_coattention, ref_head
 from retrieval import retrieval_metrics
 
 D = 16  # small D keeps the float64 reference fast; the arithmetic does not depend on it
-
-
-# ---------------------------------------------------------------- reference: one pair, loops
-def lin(layer, x):
-    return x @ layer.weight.T + (layer.bias if layer.bias is not None else 0)
-
-
-def ref_coattention(co, S, P):
-    """S: [ns, D], P: [np, D] -> updated S, P (docs/method.md, (M1)-(M4))."""
-    A = lin(co.w_s, S) @ lin(co.w_p, P).T / math.sqrt(co.w_s.out_features)
-    PS = torch.softmax(A, dim=1) @ P
-    SP = torch.softmax(A.T, dim=1) @ S
-
-    def update(branch, X, Y):
-        if branch.gate is None:
-            G = torch.sigmoid(X * Y)
-        else:
-            G = torch.sigmoid(lin(branch.gate, torch.cat([X, Y], 1)))
-        return torch.relu(lin(branch.z, G * (X + Y))) + X
-    return update(co.sketch, S, PS), update(co.photo, P, SP)
-
-
-def ref_fuse(fusion, X, noise):
-    """One fusion level on X: [n, D], noise [n, n] or None (greedy). docs/method.md, (M5)-(M7)."""
-    n = len(X)
-    Y = X if fusion.proj is None else X @ fusion.proj.weight.T
-    C = Y @ Y.T
-    best, best_score = None, -math.inf
-    for i in range(n):
-        for j in range(i + 1, n):
-            score = C[i, j] + (0 if noise is None else noise[i, j])
-            if score > best_score:          # strict: ties keep the first pair
-                best, best_score = (i, j), score
-    a, b = best
-    merged = fusion.merge(torch.cat([X[a], X[b]])[None])[0]
-    rest = [X[t] for t in range(n) if t not in (a, b)]
-    return torch.stack(rest + [merged])
-
-
-def ref_head(head, S, P, noises=None, pair=0):
-    """The loop (docs/method.md, section 5) for one pair; noises[r] = (sketch noise, photo noise) of round r."""
-    r = 0
-    while len(S) > 1 or len(P) > 1:
-        if head.coattention is not None:
-            S, P = ref_coattention(head.coattention, S, P)
-        ns, np_ = len(S), len(P)
-        if ns > 1:
-            S = ref_fuse(head.sketch_fusion, S, None if noises is None else noises[r][0][pair, :ns, :ns])
-        if np_ > 1:
-            P = ref_fuse(head.photo_fusion, P, None if noises is None else noises[r][1][pair, :np_, :np_])
-        r += 1
-    return S[0], P[0], r
 
 
 # ---------------------------------------------------------------- helpers
@@ -106,7 +54,7 @@ def pairwise_distances(head, s, s_mask, p, p_mask):
 
 def make_head(variant, method='hierarchy', seed=0, init='identity'):
     torch.manual_seed(seed)
-    return build_head(variant, dim=D, att_dim=8, method=method, init=init).double()
+    return build_head(variant, dim=D, att_dim=8, init=init, **METHODS[method].build).double()
 
 
 # ---------------------------------------------------------------- tests

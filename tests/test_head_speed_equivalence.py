@@ -1,13 +1,15 @@
 """The evaluation fast path of PairHead (eval mode, no autograd: `PairHead._loop_eval`) against
-the general path (`PairHead._loop`, which training uses) and the per-pair float64 reference of
-tests/test_head.py: same merges, same embeddings, same round counts, whatever the node counts,
+the general path (`PairHead._loop`, which training uses) and the per-pair float64 reference
+(reference.py): same merges, same embeddings, same round counts, whatever the node counts,
 padding, finished pairs, ties and batch composition."""
 import pytest
 import torch
-from test_head import D, random_pairs, ref_head
+from test_head import D, random_pairs
 
 import head as head_module
 from head import build_head
+from methods import METHODS
+from reference import ref_head
 
 CASES = [(variant, method, init) for variant in ('paper', 'released')
          for method in ('hierarchy', 'no_coattn') for init in ('identity', 'pytorch')]
@@ -15,7 +17,7 @@ CASES = [(variant, method, init) for variant in ('paper', 'released')
 
 def make(variant, method, init, dim=D, att_dim=8, dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
-    return build_head(variant, dim=dim, att_dim=att_dim, method=method, init=init).to(dtype).eval()
+    return build_head(variant, dim=dim, att_dim=att_dim, init=init, **METHODS[method].build).to(dtype).eval()
 
 
 def general_path(head, s, s_mask, p, p_mask):

@@ -8,6 +8,7 @@ import torch
 from test_train import TINY
 
 import evaluate
+import experiment
 import main
 from head import build_head
 from model import CrossModalHierarchy
@@ -106,7 +107,7 @@ def test_search_by_dataset_key_ranks_the_test_gallery(trained, capsys):
     data, run = trained
     import options
     from dataset import build_datasets
-    _, test = build_datasets(options.data_config(options.parse_args('main', ['--data_root', str(data), *TINY])))
+    _, test = build_datasets(experiment.data_config(options.parse_args('main', ['--data_root', str(data), *TINY])))
     key = test.query_names[0]
     ranked = evaluate.main(['--checkpoint', str(run / 'last.pth'), '--data_root', str(data), '--query', key,
                             '--topk', '2'])

@@ -5,12 +5,13 @@ import pytest
 import torch
 
 import evaluate
+import experiment
 import main
 import options
 import train
 from dataset import build_datasets, collate
 from losses import TripletLoss
-from methods import build_model
+from methods import ModelConfig, build_model
 
 TINY = ['--synthetic_size', 'train_photos=4', 'test_photos=3', 'sketches_per_photo=2',
         '--image_size', '64', '--dim', '32', '--att_dim', '8', '--batch_size', '4', '--lr', '1e-3',
@@ -25,9 +26,9 @@ def data_root(tmp_path_factory):
 def test_training_steps_reduce_the_loss(data_root):
     args = options.parse_args('main', ['--data_root', str(data_root), *TINY])
     torch.manual_seed(0)
-    train_set, _ = build_datasets(options.data_config(args))
+    train_set, _ = build_datasets(experiment.data_config(args))
     batch = collate([train_set[i] for i in range(8)])
-    model = build_model(args)
+    model = build_model(ModelConfig.from_options(args), args.pretrained, args.freeze_backbone)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = TripletLoss(args.margin)
@@ -98,10 +99,10 @@ def test_train_step_loss_matches_explicit_triplets(data_root, negatives, shared)
     flag = '--no-separate_backbones' if shared else '--separate_backbones'
     args = options.parse_args('main', ['--data_root', str(data_root), *TINY, flag])
     torch.manual_seed(0)
-    train_set, _ = build_datasets(options.data_config(args))
+    train_set, _ = build_datasets(experiment.data_config(args))
     items = [train_set[i] for i in range(4)]
     batch = collate(items)
-    model = build_model(args).eval()
+    model = build_model(ModelConfig.from_options(args), args.pretrained, args.freeze_backbone).eval()
     assert (model.sketch_encoder is model.photo_encoder) == shared
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     loss = train.train_step(model, TripletLoss(args.margin, negatives), batch, opt, torch.device('cpu'))

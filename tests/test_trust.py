@@ -28,6 +28,7 @@ import files
 import layouts
 import main
 import options
+import prepare
 import retrieval
 from files import DatasetError, SafeUnpickler, WriteError, atomic_write, read_pickle
 
@@ -230,7 +231,7 @@ def test_dataset_pickle_payload_refused(tmp_path, capsys, victim):
     data = pickle.loads(path.read_bytes())
     data[sorted(data)[0]] = Payload(marker)
     path.write_bytes(pickle.dumps(data))
-    assert dataset.main(['--dataset', 'ChairV2', '--data_root', str(root), '--summary']) == 2
+    assert prepare.main(['dataset', '--dataset', 'ChairV2', '--data_root', str(root), '--summary']) == 2
     one_error_line(capsys.readouterr().err, path.name, 'refused to load')
     assert not marker.exists()
     with pytest.raises(pickle.UnpicklingError), open(path, 'rb') as f:   # refused at the global
@@ -243,7 +244,7 @@ def test_dataset_cli_payload_no_traceback(tmp_path):
     marker = tmp_path / 'ran'
     coord = root / 'ChairV2' / 'ChairV2_Coordinate'
     coord.write_bytes(pickle.dumps({'/train/chair_a_1': Payload(marker)}))
-    code, _, err = cli('dataset.py', '--dataset', 'ChairV2', '--data_root', root, '--summary')
+    code, _, err = cli('prepare.py', 'dataset', '--dataset', 'ChairV2', '--data_root', root, '--summary')
     assert code == 2 and not marker.exists()
     one_error_line(err, 'ChairV2_Coordinate', 'refused to load')
 
@@ -429,7 +430,7 @@ def test_output_dir_under_a_file_cli(data_root, tmp_path):
 
 def test_data_root_where_the_embedded_dataset_cannot_be_written(tmp_path, capsys):
     (tmp_path / 'file').write_text('x')
-    assert dataset.main(['--data_root', str(tmp_path / 'file' / 'data'), '--summary']) == 2
+    assert prepare.main(['dataset', '--data_root', str(tmp_path / 'file' / 'data'), '--summary']) == 2
     one_error_line(capsys.readouterr().err, '--dataset Synthetic: cannot generate it in', 'file')
 
 
@@ -585,8 +586,12 @@ def test_resume_with_another_model_named(run, option, value):
 
 
 def test_checkpoint_whose_weights_do_not_fit(run, data_root):
-    """Stored options say dim 16, the weights are dim 32: evaluate and resume name the model."""
+    """Stored options and model config say dim 16, the weights are dim 32: evaluate and resume name
+    the model; options that disagree with the config are refused."""
     edit_checkpoint(run / 'last.pth', lambda s: s['args'].update(dim=16))
+    fails(lambda: evaluate.main(['--checkpoint', str(run / 'last.pth'), '--data_root', str(data_root)]),
+          'last.pth', 'stored options and model config disagree', 'dim 16 / 32')
+    edit_checkpoint(run / 'last.pth', lambda s: s['model_config'].update(dim=16))
     fails(lambda: evaluate.main(['--checkpoint', str(run / 'last.pth'), '--data_root', str(data_root)]),
           'last.pth', 'weights do not fit', 'dim 16', 'size mismatch')
     fails(lambda: main.main(['--resume', str(run)]), 'weights do not fit', 'dim 16')

@@ -5,11 +5,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_head import D, RecordingGumbel, random_pairs, ref_coattention
+from test_head import D, RecordingGumbel, random_pairs
 
 from head import build_head
 from losses import TripletLoss
+from methods import METHODS
 from model import CrossModalHierarchy
+from reference import ref_coattention
 
 
 # ---------------------------------------------------------------- reference: one pair, loops
@@ -82,7 +84,7 @@ OPTIONS = [dict(merge='weighted'), dict(merge='weighted', merge_act='none'), dic
 
 def make_head(method='hierarchy', variant='paper', seed=0, **kw):
     torch.manual_seed(seed)
-    head = build_head(variant, dim=D, att_dim=8, method=method, **kw).double()
+    head = build_head(variant, dim=D, att_dim=8, **METHODS[method].build, **kw).double()
     for fusion in (head.sketch_fusion, head.photo_fusion):   # non-zero residuals: maxres must not be trivial
         if fusion is not None and fusion.rule == 'maxres':
             with torch.no_grad():
@@ -144,7 +146,7 @@ def test_weighted_merges_give_the_mean_of_the_leaves_for_any_tree(mode):
     """--merge weighted at the identity init, no co-attention: every root is exactly the masked
     mean of its leaves, whatever pairs are merged (greedy, random Gumbel trees, any forced plan)."""
     g = torch.Generator().manual_seed(0)
-    head = build_head('paper', dim=D, method='no_coattn', merge='weighted', merge_act='none').double()
+    head = build_head('paper', dim=D, coattention=False, merge='weighted', merge_act='none').double()
     head.train(mode == 'gumbel')
     b, n = 6, 9
     s, p = torch.randn(b, n, D, generator=g, dtype=torch.float64), torch.randn(b, n, D, generator=g, dtype=torch.float64)
@@ -164,7 +166,7 @@ def test_weighted_merges_give_the_mean_of_the_leaves_for_any_tree(mode):
 
 def test_weighted_merges_with_relu_on_non_negative_nodes():
     """With the merge's ReLU the mean holds for non-negative nodes (--node_act relu)."""
-    head = build_head('paper', dim=D, method='no_coattn', merge='weighted').double().train()
+    head = build_head('paper', dim=D, coattention=False, merge='weighted').double().train()
     x = torch.rand(4, 7, D, dtype=torch.float64)
     mask = torch.ones(4, 7, dtype=torch.bool)
     with torch.no_grad():
@@ -177,7 +179,7 @@ def test_weighted_merges_with_relu_on_non_negative_nodes():
 def test_maxres_merges_give_the_max_of_the_leaves(train):
     """--merge maxres at its init (residual 0): every root is exactly the masked max of its leaves."""
     g = torch.Generator().manual_seed(1)
-    head = build_head('paper', dim=D, method='no_coattn', merge='maxres').double().train(train)
+    head = build_head('paper', dim=D, coattention=False, merge='maxres').double().train(train)
     counts = torch.tensor([7, 1, 3, 6])
     mask = torch.arange(7)[None] < counts[:, None]
     s = torch.randn(4, 7, D, generator=g, dtype=torch.float64) * mask[..., None]
@@ -272,24 +274,21 @@ def test_tree_statistics_of_a_chain_and_of_a_balanced_tree():
 
 
 def test_a_hierarchy_plus_checkpoint_rebuilds_the_same_model(tmp_path):
-    """Its departures are model options stored with the weights: evaluate.load_model rebuilds the
+    """Its departures are model options stored with the weights: experiment.load_model rebuilds the
     model that was trained, and it ranks exactly as the model at the end of training."""
-    import evaluate
+    import experiment
     import main
     import retrieval
-    from dataset import build_datasets
     from test_train import TINY
-    import options
     flags = ['--method', 'hierarchy_plus', '--selection', 'balanced+scaled', '--merge', 'weighted',
              '--node_act', 'relu', '--level_merges', 'all', '--level_loss']   # round_norm, readout: the row's
     m = main.main(['--data_root', str(tmp_path / 'data'), *TINY, '--output_dir', str(tmp_path / 'runs'),
                    '--run_name', 'plus', '--max_steps', '3', *flags])
-    model, args, _, _ = evaluate.load_model(tmp_path / 'runs' / 'plus' / 'last.pth', {}, torch.device('cpu'))
+    model, args, test, _, _ = experiment.load_test(tmp_path / 'runs' / 'plus' / 'last.pth')
     assert (args.merge, args.selection, args.readout, args.level_merges, args.round_norm) == \
         ('weighted', 'balanced+scaled', 'root+pool', 'all', 'l2')
     head = model.head
     assert head.readout == 'root+pool' and head.sketch_fusion.level_merges == 'all'
     assert head.sketch_fusion.log_scale is not None and model.sketch_encoder.node_act == 'relu'
-    _, test = build_datasets(options.data_config(args))
     again, *_ = retrieval.evaluate(model, test, torch.device('cpu'), progress=False)
     assert again['acc@1'] == m['acc@1'] and again['mean_rank'] == pytest.approx(m['mean_rank'])
