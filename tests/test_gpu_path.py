@@ -20,6 +20,7 @@ import options
 import runtime
 from head import build_head
 from losses import TripletLoss
+from methods import ModelConfig
 from model import CrossModalHierarchy, RegionEncoder, pair_distance
 from train import Trainer, train_step
 
@@ -181,7 +182,7 @@ def test_training_head_plans_its_rounds_on_the_host_once():
     for method, level_merges, plan in (('hierarchy', 'one', False), ('hierarchy', 'all', False),
                                        ('hierarchy', 'one', True), ('no_coattn', 'one', False)):
         torch.manual_seed(0)
-        head = build_head('paper', 64, 16, method, level_merges=level_merges).train()
+        head = build_head('paper', 64, 16, level_merges=level_merges, coattention=method != 'no_coattn').train()
         extra = {}
         if plan:        # the Explicit Hierarchy's forced merges: always the first two nodes
             extra['p_plan'] = torch.zeros(32, 15, 2, dtype=torch.long)
@@ -269,6 +270,7 @@ def test_grad_scaler_state_is_checkpointed(tmp_path):
     now in the checkpoint and restored."""
     args = options.parse_args('main', ['--amp', 'fp16', '--device', 'cpu'])
     model = tiny_model()
+    model.config = ModelConfig.from_options(args)      # what a checkpoint stores beside the weights
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     trainer = Trainer.__new__(Trainer)
     trainer.args, trainer.model, trainer.optimizer, trainer.run_dir = args, model, opt, tmp_path
