@@ -21,7 +21,7 @@ import retrieval
 import sketch
 import transforms
 from checkpoint import save_checkpoint
-from dataset import GallerySet, Images, build_datasets, collate
+from dataset import GallerySet, Images, build_datasets, collate, load_photo
 from files import DatasetError, image_size, open_image, require
 from model import batch_inputs
 from proposals import IMAGE_EXTENSIONS, BoxCache
@@ -120,12 +120,40 @@ def query_inputs(spec, args, device):
         rec = records[spec]
         img, boxes = layouts.render_sketch(rec, style)
         points = rec.points
-    x, b = transforms.to_tensors(*transforms.test_geometry(img.convert('L'), boxes, args.image_size))
+    return img, batch_inputs(collate([sketch_item(img, boxes, points, style.detail, args.image_size)]), 'sketch', device)
+
+
+def sketch_item(img, boxes, points, detail, image_size):
+    """A drawn sketch (PIL, its boxes, its cleaned (L, 3) points or None) -> a query item as the test
+    split gives it: {'sketch': [3, S, S], 'sketch_boxes': [n, 4], and with points 'sketch_points'}."""
+    x, b = transforms.to_tensors(*transforms.test_geometry(img.convert('L'), boxes, image_size))
     item = {'sketch': x, 'sketch_boxes': b}
     if points is not None:
-        item['sketch_points'] = torch.from_numpy(sketch.select_points(points, style.detail).astype(np.float32))
+        item['sketch_points'] = torch.from_numpy(sketch.select_points(points, detail).astype(np.float32))
         item['sketch_points'][:, :2] /= sketch.CANVAS
-    return img, batch_inputs(collate([item]), 'sketch', device)
+    return item
+
+
+def load_gallery(model, args, checkpoint, gallery, device):
+    """(photo names, their features on device, name -> image path) of a --gallery folder (its index
+    reused or rebuilt) or, with gallery None, of the test gallery of the checkpoint's dataset."""
+    if gallery is None:
+        _, test = build_datasets(options.data_config(args))
+        p, _ = retrieval.encode_set(model, test.gallery, 'photo', args.eval_batch_size, device)
+        return test.gallery_names, p, lambda name: test.index.photos[name].path
+    photos = folder_photos(gallery)
+    path = Path(gallery) / INDEX_FILE
+    identity = identity_of(checkpoint, args, photos)
+    try:
+        index = GalleryIndex.load(path, identity)
+        print(f'gallery index: {path} (reused)')
+    except (FileNotFoundError, StaleIndexError) as e:
+        if isinstance(e, StaleIndexError):
+            print(f'gallery index: {e}; rebuilding')
+        index = build_index(model, args, photos, identity, device, BoxCache(Path(gallery) / '.fgsbir_boxes.json'))
+        index.save(path)
+        print(f'gallery index: {path} ({len(photos)} photos)')
+    return index.names, {k: v.to(device) for k, v in index.features.items()}, photos.__getitem__
 
 
 def search(model, args, checkpoint, query, gallery, topk, device):
@@ -133,26 +161,7 @@ def search(model, args, checkpoint, query, gallery, topk, device):
     img, inputs = query_inputs(query, args, device)
     require('points' in inputs or not type(model).needs_points,
             f'--query {query}: {args.method} reads vector sketches; give a .npy (L, 3) or a dataset key')
-    if gallery is None:
-        _, test = build_datasets(options.data_config(args))
-        p, _ = retrieval.encode_set(model, test.gallery, 'photo', args.eval_batch_size, device)
-        names, image_of = test.gallery_names, test.gallery_image
-    else:
-        photos = folder_photos(gallery)
-        path = Path(gallery) / INDEX_FILE
-        identity = identity_of(checkpoint, args, photos)
-        try:
-            index = GalleryIndex.load(path, identity)
-            print(f'gallery index: {path} (reused)')
-        except (FileNotFoundError, StaleIndexError) as e:
-            if isinstance(e, StaleIndexError):
-                print(f'gallery index: {e}; rebuilding')
-            index = build_index(model, args, photos, identity, device, BoxCache(Path(gallery) / '.fgsbir_boxes.json'))
-            index.save(path)
-            print(f'gallery index: {path} ({len(photos)} photos)')
-        p = {k: v.to(device) for k, v in index.features.items()}
-        names = index.names
-        image_of = lambda g: open_image(photos[names[g]])   # noqa: E731
+    names, p, path_of = load_gallery(model, args, checkpoint, gallery, device)
     s = model.encode([('sketch', inputs)])[0]
     scores = retrieval.rank_scores(model, s, p, args.rerank, args.pair_chunk)[0].cpu()
     order = scores.argsort(stable=True)[:topk].tolist()
@@ -161,7 +170,7 @@ def search(model, args, checkpoint, query, gallery, topk, device):
     for k, g in enumerate(order):
         print(f'{k + 1:4d}  {scores[g]:10.4f}  {names[g]}')
     fig = Path(checkpoint).with_name(f'search_{Path(str(query)).stem.replace("/", "_")}.png')
-    retrieval.retrieval_row(img, [image_of(g) for g in order], [f'#{k + 1}' for k in range(len(order))], set(),
+    retrieval.retrieval_row(img, [load_photo(path_of(names[g])) for g in order], [f'#{k + 1}' for k in range(len(order))], set(),
                             caption='query').save(fig)
     print(f'figure: {fig}')
     return [(names[g], float(scores[g])) for g in order]
