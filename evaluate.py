@@ -2,6 +2,7 @@
 
     python evaluate.py --checkpoint runs/RUN/best.pth [--sketch_detail coarse] [--rerank 20]
     python evaluate.py --checkpoint runs/RUN/best.pth --query SKETCH [--gallery PHOTO_DIR] [--topk 10]
+    python evaluate.py --checkpoint runs/RUN/best.pth --onthefly [--out DIR]   # after every stroke (onthefly.py)
 
 The model is rebuilt from the checkpoint alone; data and evaluation options typed here override
 the stored ones. SKETCH is a raster sketch image, a vector sketch .npy (L, 3) on the 256 canvas,
@@ -12,6 +13,7 @@ index is reused while it matches.
 import json
 import sys
 
+import onthefly
 import options
 import retrieval
 import runtime
@@ -58,11 +60,14 @@ def main(argv=None):
     explicit = options.explicit_args('evaluate', argv)
     typed = options.parse_args('evaluate', argv)
     device = runtime.resolve_device(typed.device)
-    overrides = {k: v for k, v in explicit.items() if k not in ('checkpoint', 'device', 'query', 'gallery', 'topk')}
+    overrides = {k: v for k, v in explicit.items()
+                 if k not in ('checkpoint', 'device', 'query', 'gallery', 'topk', 'onthefly', 'out')}
     try:
         model, args, state, path = load_model(typed.checkpoint, overrides, device)
         if typed.query:
             return search(model, args, path, typed.query, typed.gallery, typed.topk, device)
+        if typed.onthefly:
+            return onthefly.evaluate_checkpoint(model, args, state, path, device, typed.out)
         return evaluate_split(model, args, state, path, device)
     except (DatasetError, PretrainedWeightsError, CheckpointError, WriteError) as e:
         raise SystemExit(f'error: {e}') from None

@@ -280,6 +280,10 @@ def evaluate_part():
                    help='search: a folder of photos (default: the test gallery of the dataset); its '
                         'index (region features, first-stage embeddings) is built once and reused')
     c.add_argument('--topk', type=positive_int, default=10, help='search: photos to print')
+    c.add_argument('--onthefly', action='store_true',
+                   help='on-the-fly retrieval (onthefly.py): rank the gallery after every stroke of each test '
+                        'sketch; acc@1 / acc@10 at 20-100 %% of the strokes, m@A, m@B and their curve')
+    c.add_argument('--out', default=None, help='--onthefly: folder for its JSON and PNG (default: the checkpoint\'s)')
     return p
 
 
