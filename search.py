@@ -120,7 +120,8 @@ def query_inputs(spec, args, device):
         rec = records[spec]
         img, boxes = layouts.render_sketch(rec, style)
         points = rec.points
-    return img, batch_inputs(collate([sketch_item(img, boxes, points, style.detail, args.image_size)]), 'sketch', device)
+    item = sketch_item(img, boxes, points, style.detail, args.image_size)
+    return img, batch_inputs(collate([item]), 'sketch', device)
 
 
 def sketch_item(img, boxes, points, detail, image_size):
@@ -170,8 +171,8 @@ def search(model, args, checkpoint, query, gallery, topk, device):
     for k, g in enumerate(order):
         print(f'{k + 1:4d}  {scores[g]:10.4f}  {names[g]}')
     fig = Path(checkpoint).with_name(f'search_{Path(str(query)).stem.replace("/", "_")}.png')
-    retrieval.retrieval_row(img, [load_photo(path_of(names[g])) for g in order], [f'#{k + 1}' for k in range(len(order))], set(),
-                            caption='query').save(fig)
+    retrieval.retrieval_row(img, [load_photo(path_of(names[g])) for g in order],
+                            [f'#{k + 1}' for k in range(len(order))], set(), caption='query').save(fig)
     print(f'figure: {fig}')
     return [(names[g], float(scores[g])) for g in order]
 

@@ -111,3 +111,39 @@ def test_command_line_writes_json_and_figure(trained, tmp_path, capsys):
     saved = json.loads((tmp_path / 'onthefly_last.json').read_text())
     assert saved['m@A'] == pytest.approx(m['m@A']) and 0 < saved['m@B'] <= 1
     assert Image.open(tmp_path / 'onthefly_last.png').size[0] > 400
+
+
+def test_tables_onthefly_puts_several_methods_on_one_figure_and_reuses_evaluations(tmp_path, monkeypatch):
+    import tables
+    out = tmp_path / 'out'
+    argv = ['onthefly', '--data_root', str(tmp_path / 'data'), *TINY, '--max_steps', '1', '--out', str(out),
+            '--methods', 'siamese', 'hierarchy_plus']
+    tables.main(argv)
+    table = json.loads((out / 'onthefly.json').read_text())
+    assert list(table) == ['B-Siamese', 'Proposed+ (ours)']
+    for row in table.values():
+        assert 0 < row['m@A'] <= 1 and 0 < row['m@B'] <= 1 and row['queries'] == 6
+    md = (out / 'onthefly.md').read_text()
+    assert '| B-Siamese |' in md and 'm@A' in md and 'drawing order' in md
+    assert Image.open(out / 'onthefly.png').size[0] > 600
+    # A second call reuses the runs and their evaluations: nothing is trained or evaluated again.
+    monkeypatch.setattr(tables, 'train_run', lambda argv: pytest.fail('retrained'))
+    monkeypatch.setattr(onthefly, 'evaluate_checkpoint', lambda *a, **k: pytest.fail('re-evaluated'))
+    tables.main(argv + ['--name', 'again'])
+    assert json.loads((out / 'again.json').read_text())['B-Siamese']['m@A'] == table['B-Siamese']['m@A']
+
+
+def test_raster_sketches_end_to_end_on_gui_data(tmp_path):
+    """SyntheticGUI's raster sketches: steps by ink components, the last one the ordinary evaluation."""
+    tiny = [a for a in TINY if a not in ('--synthetic_size', 'train_photos=4', 'test_photos=3', 'sketches_per_photo=2')]
+    data, out = tmp_path / 'data', tmp_path / 'runs'
+    main.main(['--dataset', 'SyntheticGUI', '--synthetic_size', 'screens=8', 'sketches_per_screen=2',
+               '--data_root', str(data), *tiny, '--method', 'localised_coattn', '--max_steps', '1',
+               '--output_dir', str(out), '--run_name', 'gui'])
+    model, args, _, _ = evaluate.load_model(out / 'gui' / 'last.pth', {}, 'cpu')
+    _, test = build_datasets(options.data_config(args))
+    m, steps, ranks = onthefly.evaluate_onthefly(model, test, 'cpu', args.image_size, progress=False)
+    _, _, _, full_ranks = retrieval.evaluate(model, test, 'cpu', progress=False)
+    assert 'raster sketches: ink components added in reading order' == m['kind']
+    assert (steps.counts > 1).any() and (steps.counts <= onthefly.MAX_STEPS).all()
+    assert torch.equal(ranks[torch.cumsum(steps.counts, 0) - 1], full_ranks)
