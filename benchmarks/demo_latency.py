@@ -35,6 +35,7 @@ def main(argv=None):
     model, args, _, path = load_model(a.checkpoint, {'data_root': a.data_root} if a.data_root else {}, 'cpu')
     records = demo.replay_records(args)
     engine = demo.SearchEngine(model, args, path, a.gallery, 'cpu', a.topk, records)
+    demo.Handler.log_message = lambda *a: None      # no line per request
     server = demo.make_server(engine, '127.0.0.1', 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     conn = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
