@@ -62,6 +62,10 @@ class RequestError(Exception):
 def number(v, where):
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise RequestError(400, f'{where}: expected a number, got {json.dumps(v)[:40]}')
+    try:
+        v = float(v)
+    except OverflowError:       # an integer with hundreds of digits
+        v = math.inf
     if not math.isfinite(v):
         raise RequestError(400, f'{where}: non-finite coordinate')
     if not 0 <= v <= sketch.CANVAS:
@@ -125,7 +129,7 @@ class SearchEngine:
             raise RequestError(400, 'expected a JSON object {"strokes": [...], "topk": K}')
         if 'strokes' not in request:
             raise RequestError(400, 'no strokes: the request has no "strokes"')
-        topk = request.get('topk', self.topk)
+        topk = request.get('topk', min(self.topk, len(self.names)))
         if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= len(self.names):
             raise RequestError(400, f'topk must be an integer from 1 to {len(self.names)}, got {json.dumps(topk)[:40]}')
         target = request.get('target')
@@ -177,6 +181,7 @@ class SearchEngine:
 class Handler(BaseHTTPRequestHandler):
     engine = None       # set by make_server
     server_version = 'fgsbir-demo'
+    timeout = 30        # seconds a client may take to send its request (a stalled one frees its thread)
 
     def log_message(self, fmt, *args):      # one short line per request on stderr
         sys.stderr.write(f'{self.address_string()} {fmt % args}\n')
@@ -195,39 +200,54 @@ class Handler(BaseHTTPRequestHandler):
         self.send(e.status, {'error': str(e)})
 
     def do_GET(self):
-        path = unquote(urlsplit(self.path).path)
-        try:
-            if path in ('/', '/index.html'):
-                self.send(200, PAGE.read_bytes(), 'text/html; charset=utf-8')
-            elif path.startswith('/photo/'):
-                self.send(200, self.engine.thumbnail(path[len('/photo/'):]), 'image/jpeg')
-            elif path == '/sketches':
-                self.send(200, {'sketches': self.engine.sketches(), 'gallery': len(self.engine.names)})
-            elif path.startswith('/sketch/'):
-                self.send(200, self.engine.sketch(path[len('/sketch/'):]))
-            else:
-                raise RequestError(404, f'unknown path {path[:80]!r}')
-        except RequestError as e:
-            self.fail(e)
+        self.answer(self.get)
 
     def do_POST(self):
+        self.answer(self.post)
+
+    def answer(self, how):
+        """Run a GET or POST handler: a RequestError is its status and reason; anything else a 500."""
         try:
-            if urlsplit(self.path).path != '/search':
-                raise RequestError(404, f'unknown path {self.path[:80]!r} (POST /search only)')
-            length = self.headers.get('Content-Length')
-            if length is None or not length.isdigit():
-                raise RequestError(411, 'a Content-Length header is required')
-            if int(length) > MAX_BODY:
-                self.close_connection = True        # the body is not read
-                raise RequestError(413, f'request body of {length} bytes is over {MAX_BODY}')
-            body = self.rfile.read(int(length))
-            try:
-                request = json.loads(body, parse_constant=reject_constant)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise RequestError(400, f'malformed JSON: {e}') from None
-            self.send(200, self.engine.search(request))
+            how()
         except RequestError as e:
             self.fail(e)
+        except Exception as e:      # a bug must not leave the client without an answer
+            self.fail(RequestError(500, f'internal error: {type(e).__name__}: {e}'.splitlines()[0]))
+
+    def get(self):
+        path = unquote(urlsplit(self.path).path)
+        if path in ('/', '/index.html'):
+            self.send(200, PAGE.read_bytes(), 'text/html; charset=utf-8')
+        elif path.startswith('/photo/'):
+            self.send(200, self.engine.thumbnail(path[len('/photo/'):]), 'image/jpeg')
+        elif path == '/sketches':
+            self.send(200, {'sketches': self.engine.sketches(), 'gallery': len(self.engine.names)})
+        elif path.startswith('/sketch/'):
+            self.send(200, self.engine.sketch(path[len('/sketch/'):]))
+        else:
+            raise RequestError(404, f'unknown path {path[:80]!r}')
+
+    def post(self):
+        if urlsplit(self.path).path != '/search':
+            raise RequestError(404, f'unknown path {self.path[:80]!r} (POST /search only)')
+        length = self.headers.get('Content-Length')
+        if length is None or not length.isdigit():
+            raise RequestError(411, 'a Content-Length header is required')
+        if int(length) > MAX_BODY:
+            # A body up to 8 times the limit is read and dropped, so that the client, still sending,
+            # gets the answer rather than a reset connection; a larger one is not read at all.
+            if int(length) <= 8 * MAX_BODY:
+                left = int(length)
+                while left > 0 and (chunk := self.rfile.read(min(left, 1 << 16))):
+                    left -= len(chunk)
+            self.close_connection = True
+            raise RequestError(413, f'request body of {length} bytes is over {MAX_BODY}')
+        body = self.rfile.read(int(length))
+        try:
+            request = json.loads(body, parse_constant=reject_constant)
+        except (ValueError, RecursionError) as e:       # UnicodeDecodeError is a ValueError
+            raise RequestError(400, f'malformed JSON: {type(e).__name__}: {e}'.splitlines()[0]) from None
+        self.send(200, self.engine.search(request))
 
 
 def make_server(engine, host='127.0.0.1', port=8000):
