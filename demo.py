@@ -273,8 +273,8 @@ def main(argv=None):
     p.add_argument('--port', type=options.nonneg_int, default=8000, help='TCP port (0: any free one)')
     p.add_argument('--host', default='127.0.0.1',
                    help='address to listen on. The default, 127.0.0.1, serves this machine only; '
-                        '--host 0.0.0.0 EXPOSES the page to the network: anyone who can reach the port can query the model and see '
-                        'the gallery\'s photos (there is no login)')
+                        '--host 0.0.0.0 EXPOSES the page to the network: anyone who can reach the port can '
+                        'query the model and see the gallery\'s photos (there is no login)')
     p.add_argument('--topk', type=options.positive_int, default=10, help='photos shown when the page does not say')
     p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     a = p.parse_args(argv)
