@@ -175,7 +175,7 @@ class SearchEngine:
             raise RequestError(404, f'no test sketch {index[:20]!r} (there are {len(self.replay)})')
         rec = self.replay[int(index)]
         return {'key': rec.name, 'photo': rec.photo,
-                'strokes': [s.round(1).tolist() for s in sketch.split_strokes(rec.points)]}
+                'strokes': [s.tolist() for s in sketch.split_strokes(rec.points)]}
 
 
 class Handler(BaseHTTPRequestHandler):

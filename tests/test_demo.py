@@ -181,6 +181,24 @@ def page_server(trained):
     server.shutdown()
 
 
+def test_a_replayed_test_sketch_gets_the_true_photos_rank_of_the_evaluation(page_server):
+    server, engine = page_server
+    if os.environ.get('FGSBIR_DEMO_CHECKPOINT'):
+        pytest.skip('checked on the tiny model')
+    from dataset import build_datasets
+    import options
+    import retrieval
+    _, test = build_datasets(options.data_config(engine.args))
+    _, _, _, ranks = retrieval.evaluate(engine.model, test, 'cpu', rerank=engine.args.rerank, progress=False)
+    status, listed = request(server, 'GET', '/sketches')
+    assert status == 200 and [s['key'] for s in listed['sketches']] == test.query_names
+    for i in (0, len(test.query_names) - 1):
+        status, sk = request(server, 'GET', f'/sketch/{i}')
+        assert sk['key'] == test.query_names[i] and sk['photo'] == test.gallery_names[test.targets[i]]
+        status, answer = request(server, 'POST', '/search', {'strokes': sk['strokes'], 'topk': 1, 'target': sk['photo']})
+        assert status == 200 and answer['target_rank'] == int(ranks[i])
+
+
 def test_the_page_in_a_real_browser(page_server, tmp_path):
     driver, why = browser()
     if driver is None:
