@@ -195,7 +195,8 @@ def test_a_replayed_test_sketch_gets_the_true_photos_rank_of_the_evaluation(page
     for i in (0, len(test.query_names) - 1):
         status, sk = request(server, 'GET', f'/sketch/{i}')
         assert sk['key'] == test.query_names[i] and sk['photo'] == test.gallery_names[test.targets[i]]
-        status, answer = request(server, 'POST', '/search', {'strokes': sk['strokes'], 'topk': 1, 'target': sk['photo']})
+        body = {'strokes': sk['strokes'], 'topk': 1, 'target': sk['photo']}
+        status, answer = request(server, 'POST', '/search', body)
         assert status == 200 and answer['target_rank'] == int(ranks[i])
 
 
