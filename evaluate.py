@@ -61,13 +61,14 @@ def main(argv=None):
     typed = options.parse_args('evaluate', argv)
     device = runtime.resolve_device(typed.device)
     overrides = {k: v for k, v in explicit.items()
-                 if k not in ('checkpoint', 'device', 'query', 'gallery', 'topk', 'onthefly', 'out')}
+                 if k not in ('checkpoint', 'device', 'query', 'gallery', 'topk', 'onthefly', 'out',
+                              'onthefly_sketches')}
     try:
         model, args, state, path = load_model(typed.checkpoint, overrides, device)
         if typed.query:
             return search(model, args, path, typed.query, typed.gallery, typed.topk, device)
         if typed.onthefly:
-            return onthefly.evaluate_checkpoint(model, args, state, path, device, typed.out)
+            return onthefly.evaluate_checkpoint(model, args, state, path, device, typed.out, typed.onthefly_sketches)
         return evaluate_split(model, args, state, path, device)
     except (DatasetError, PretrainedWeightsError, CheckpointError, WriteError) as e:
         raise SystemExit(f'error: {e}') from None

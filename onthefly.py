@@ -90,11 +90,14 @@ class StepSet(Dataset):
     steps, then sketch 1's, ... `.owner` long [P]: the sketch of each step; `.counts`: steps per
     sketch; `.kind`: how the steps were made, in words."""
 
-    def __init__(self, test, image_size):
+    def __init__(self, test, image_size, which=None):
+        """which: the indices of the test sketches to use (default all); `.targets`: their photos."""
         style = replace(test.config.style, detail='full')
         self.style, self.image_size, self.steps, owner = style, image_size, [], []
-        vector = [r.points is not None for r in test.records]
-        for i, rec in enumerate(test.records):
+        which = range(len(test.records)) if which is None else which
+        records, self.targets = [test.records[i] for i in which], [test.targets[i] for i in which]
+        vector = [r.points is not None for r in records]
+        for i, rec in enumerate(records):
             if rec.points is not None:
                 parts = [('vector', p) for p in vector_steps(rec.points)]
             else:
@@ -102,7 +105,7 @@ class StepSet(Dataset):
             self.steps += parts
             owner += [i] * len(parts)
         self.owner = torch.tensor(owner)
-        self.counts = torch.bincount(self.owner, minlength=len(test.records))
+        self.counts = torch.bincount(self.owner, minlength=len(records))
         self.kind = ('vector sketches: prefixes of the strokes in drawing order' if all(vector) else
                      'raster sketches: ink components added in reading order' if not any(vector) else
                      'vector sketches by strokes in drawing order, raster ones by ink components in reading order')
@@ -145,15 +148,17 @@ def onthefly_metrics(ranks, owner, counts, gallery):
 
 @torch.no_grad()
 def evaluate_onthefly(model, test, device, image_size, batch_size=32, workers=0, chunk=2048, rerank=0,
-                      progress=True):
-    """Rank the gallery after every step of every test sketch. Returns (metrics, StepSet, ranks [P])."""
+                      progress=True, sketches=0):
+    """Rank the gallery after every step of every test sketch (or of `sketches` of them, evenly
+    spread over the split). Returns (metrics, StepSet, ranks [P])."""
     was_training = model.training
     model.eval()
-    steps = StepSet(test, image_size)
+    which = retrieval.figure_queries(len(test.records), sketches) if sketches else None
+    steps = StepSet(test, image_size, which)
     p, _ = retrieval.encode_set(model, test.gallery, 'photo', batch_size, device, workers, progress)
     s, _ = retrieval.encode_set(model, steps, 'sketch', batch_size, device, workers, progress)
     scores = retrieval.rank_scores(model, s, p, rerank, chunk, progress).cpu()
-    targets = torch.tensor(test.targets)[steps.owner]
+    targets = torch.tensor(steps.targets)[steps.owner]
     _, ranks = retrieval.retrieval_metrics(scores, targets)
     model.train(was_training)
     metrics = onthefly_metrics(ranks, steps.owner, steps.counts, len(test.gallery))
@@ -218,17 +223,20 @@ def write_results(folder, stem, metrics, label):
     return png
 
 
-def evaluate_checkpoint(model, args, state, path, device, out=None):
-    """evaluate.py --onthefly: the test split of the checkpoint's dataset, printed, and written as
-    onthefly_<checkpoint stem>.json / .png into `out` (default: the checkpoint's folder)."""
+def evaluate_checkpoint(model, args, state, path, device, out=None, sketches=0):
+    """evaluate.py --onthefly: the test split of the checkpoint's dataset (or `sketches` of its
+    sketches, evenly spread), printed, and written as onthefly_<checkpoint stem>[_n<sketches>].json
+    / .png into `out` (default: the checkpoint's folder)."""
     _, test = build_datasets(options.data_config(args))
     metrics, _, _ = evaluate_onthefly(model, test, device, args.image_size, args.eval_batch_size, args.workers,
-                                      args.pair_chunk, args.rerank)
+                                      args.pair_chunk, args.rerank, sketches=sketches)
     metrics.update(checkpoint=str(path), step=state.get('step'), rerank=args.rerank, method=args.method)
     how = f', rerank {args.rerank}' if args.rerank else ''
-    print(f'{args.dataset} on-the-fly ({metrics["queries"]} sketches, {metrics["gallery"]} photos{how}; '
+    some = f' of {len(test.records)}, evenly spread' if metrics['queries'] < len(test.records) else ''
+    print(f'{args.dataset} on-the-fly ({metrics["queries"]}{some} sketches, {metrics["gallery"]} photos{how}; '
           f'{metrics["kind"]}; {metrics["steps"]} steps in all)')
     print('\n'.join(summary_lines(metrics)))
-    png = write_results(out or path.parent, path.stem, metrics, f'{args.method} ({path.parent.name}/{path.name})')
+    stem = path.stem + (f'_n{metrics["queries"]}' if some else '')
+    png = write_results(out or path.parent, stem, metrics, f'{args.method} ({path.parent.name}/{path.name})')
     print(f'on-the-fly figure: {png}')
     return metrics

@@ -284,6 +284,8 @@ def evaluate_part():
                    help='on-the-fly retrieval (onthefly.py): rank the gallery after every stroke of each test '
                         'sketch; acc@1 / acc@10 at 20-100 %% of the strokes, m@A, m@B and their curve')
     c.add_argument('--out', default=None, help='--onthefly: folder for its JSON and PNG (default: the checkpoint\'s)')
+    c.add_argument('--onthefly_sketches', type=nonneg_int, default=0, metavar='N',
+                   help='--onthefly: only N test sketches, evenly spread over the split (0: all)')
     return p
 
 

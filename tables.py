@@ -440,13 +440,13 @@ def onthefly(a, base, runs):
         label = METHODS[method].label
         _, run = runs.train(method, ['--method', method, *row_extra(base, method)])
         folder = Path(a.out) / 'onthefly' / run.name
-        saved = folder / 'onthefly_last.json'
+        saved = folder / f'onthefly_last{f"_n{a.sketches}" if a.sketches else ""}.json'
         if saved.is_file():
             m = json.loads(saved.read_text())
         else:
             model, args, state, path = load_model(run / 'last.pth', {'data_root': a.eval_data_root} if a.eval_data_root
                                                   else {}, device)
-            m = otf.evaluate_checkpoint(model, args, state, path, device, folder)
+            m = otf.evaluate_checkpoint(model, args, state, path, device, folder, a.sketches)
         data[label] = dict(m, run=str(run))
         curves[label] = m['curve']
         rows.append([label, *[f'{pct(m[f"acc@1@{round(100 * f)}"])} / {pct(m[f"acc@10@{round(100 * f)}"])}'
@@ -455,7 +455,9 @@ def onthefly(a, base, runs):
     write(Path(a.out), name, f'On-the-fly retrieval on {a.dataset}: acc@1 / acc@10 (%) at a share of the strokes, '
                              f'm@A, m@B (%)',
           ['method', *[f'{round(100 * f)} %' for f in otf.FRACTIONS], 'm@A', 'm@B'], rows, data,
-          notes(a, base) + [f'Steps: {kind}. m@A: the mean over the drawing of 1 / rank; m@B: the mean of the '
+          notes(a, base) + [f'Sketches: {next(iter(data.values()))["queries"] if data else 0} of the test split'
+                            + (' (evenly spread, --sketches)' if a.sketches else '') + '.',
+                            f'Steps: {kind}. m@A: the mean over the drawing of 1 / rank; m@B: the mean of the '
                             f'ranking percentile (G - rank) / (G - 1); both averaged over the test sketches '
                             f'(onthefly.py). Each run\'s last.pth.'])
     otf.plot_curves(Path(a.out) / f'{name}.png', curves, f'{a.dataset}: on-the-fly retrieval, acc@K against the '
@@ -486,6 +488,8 @@ def main(argv=None):
                    help='ablation, onthefly: the name of the table files (default: the table\'s)')
     p.add_argument('--runs', default=None, metavar='DIR',
                    help='the folder of the runs, when they are not in --out/runs (e.g. another checkout\'s)')
+    p.add_argument('--sketches', type=options.nonneg_int, default=0, metavar='N',
+                   help='onthefly: only N test sketches, evenly spread over the split (0: all)')
     p.add_argument('--eval_data_root', default=None, metavar='DIR',
                    help='onthefly: where the runs\' dataset is now, when it moved since they were trained')
     a, base = p.parse_known_args(argv)

@@ -90,6 +90,15 @@ def test_the_last_step_is_the_ordinary_evaluation(trained, rerank):
     assert 'vector sketches' in m['kind']
 
 
+def test_a_subset_of_sketches_ranks_their_steps_as_the_whole_split_does(trained):
+    _, _, model, args, test = trained
+    _, every, ranks = onthefly.evaluate_onthefly(model, test, 'cpu', args.image_size, progress=False)
+    m, some, sub = onthefly.evaluate_onthefly(model, test, 'cpu', args.image_size, progress=False, sketches=2)
+    first, last = 0, len(test.records) - 1          # figure_queries: evenly spread, both ends
+    assert m['queries'] == 2 and some.counts.tolist() == every.counts[[first, last]].tolist()
+    assert torch.equal(sub, torch.cat([ranks[every.owner == first], ranks[every.owner == last]]))
+
+
 def test_batching_across_steps_does_not_change_the_scores(trained):
     """Steps of different sketches (different node counts) padded into one batch score as when
     each is encoded alone."""
