@@ -2,6 +2,7 @@
 
     python evaluate.py --checkpoint runs/RUN/best.pth [--sketch_detail coarse] [--rerank 20]
     python evaluate.py --checkpoint runs/RUN/best.pth --query SKETCH [--gallery PHOTO_DIR] [--topk 10]
+    python evaluate.py --checkpoint runs/RUN/best.pth --onthefly [--out DIR]   # after every stroke (onthefly.py)
 
 The model is rebuilt from the checkpoint alone; data and evaluation options typed here override
 the stored ones. SKETCH is a raster sketch image, a vector sketch .npy (L, 3) on the 256 canvas,
@@ -12,6 +13,7 @@ index is reused while it matches.
 import json
 import sys
 
+import onthefly
 import options
 import retrieval
 import runtime
@@ -60,10 +62,12 @@ def main(argv=None):
         raise SystemExit(f'error: {problem}')
     try:
         with runtime.autocast(device, typed.amp):
+            if not (typed.query or typed.onthefly):
+                return evaluate_split(typed.checkpoint, overrides, device)
+            model, args, state, path = load_model(typed.checkpoint, overrides, device)
             if typed.query:
-                model, args, _, path = load_model(typed.checkpoint, overrides, device)
                 return search(model, args, path, typed.query, typed.gallery, typed.topk, device)
-            return evaluate_split(typed.checkpoint, overrides, device)
+            return onthefly.evaluate_checkpoint(model, args, state, path, device, typed.out, typed.onthefly_sketches)
     except (DatasetError, PretrainedWeightsError, CheckpointError, WriteError) as e:
         raise SystemExit(f'error: {e}') from None
     except OSError as e:   # writing the figure or the metrics: full disk, read-only folder

@@ -323,6 +323,12 @@ def evaluate_part():
     c.add_argument('--topk', type=positive_int, default=10, help='search: photos to print')
     c.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16'),
                    help='mixed precision (autocast) for the features: CUDA; bf16 also on a CPU')
+    c.add_argument('--onthefly', action='store_true',
+                   help='on-the-fly retrieval (onthefly.py): rank the gallery after every stroke of each test '
+                        'sketch; acc@1 / acc@10 at 20-100 %% of the strokes, m@A, m@B and their curve')
+    c.add_argument('--out', default=None, help='--onthefly: folder for its JSON and PNG (default: the checkpoint\'s)')
+    c.add_argument('--onthefly_sketches', type=nonneg_int, default=0, metavar='N',
+                   help='--onthefly: only N test sketches, evenly spread over the split (0: all)')
     return p
 
 

@@ -21,7 +21,7 @@ import retrieval
 import sketch
 import transforms
 from checkpoint import CheckpointError, save_checkpoint
-from dataset import GallerySet, Images, build_datasets, collate, point_tensor
+from dataset import GallerySet, Images, build_datasets, collate, load_photo, point_tensor
 from experiment import data_config
 from files import SKETCH_MAX_PIXELS, DatasetError, image_size, open_image, read_npy, require
 from model import batch_inputs
@@ -135,11 +135,44 @@ def query_inputs(spec, args, device):
         rec = records[spec]
         img, boxes = layouts.render_sketch(rec, style)
         points = rec.points
-    x, b = transforms.to_tensors(*transforms.test_geometry(img.convert('L'), boxes, args.image_size))
+    item = sketch_item(img, boxes, points, style.detail, args.image_size)
+    return img, batch_inputs(collate([item]), 'sketch', device)
+
+
+def sketch_item(img, boxes, points, detail, image_size):
+    """A drawn sketch (PIL, its boxes, its cleaned (L, 3) points or None) -> a query item as the test
+    split gives it: {'sketch': [3, S, S], 'sketch_boxes': [n, 4], and with points 'sketch_points'}."""
+    x, b = transforms.to_tensors(*transforms.test_geometry(img.convert('L'), boxes, image_size))
     item = {'sketch': x, 'sketch_boxes': b}
     if points is not None:
-        item['sketch_points'] = point_tensor(points, style.detail, flip=False)
-    return img, batch_inputs(collate([item]), 'sketch', device)
+        item['sketch_points'] = point_tensor(points, detail, flip=False)
+    return item
+
+
+def load_gallery(model, args, checkpoint, gallery, device):
+    """(photo names, their features on device, name -> image path) of a --gallery folder (its index
+    reused or rebuilt; a read-only folder is searched without storing it) or, with gallery None,
+    of the test gallery of the checkpoint's dataset."""
+    if gallery is None:
+        _, test = build_datasets(data_config(args))
+        p, _ = retrieval.encode_set(model, test.gallery, 'photo', args.eval_batch_size, device)
+        return test.gallery_names, p, lambda name: test.index.photos[name].path
+    photos = folder_images(gallery, '--gallery ')
+    path = Path(gallery) / INDEX_FILE
+    identity, rows = identity_of(checkpoint, args, photos), photo_rows(photos)
+    try:
+        index = GalleryIndex.load(path, identity, rows)
+        print(f'gallery index: {path} (reused)')
+    except (FileNotFoundError, StaleIndexError) as e:
+        if isinstance(e, StaleIndexError):
+            print(f'gallery index: {e}; rebuilding')
+        index = build_index(model, args, photos, identity, device, BoxCache(Path(gallery) / BOX_FILE, hint=None))
+        try:
+            index.save(path)
+            print(f'gallery index: {path} ({len(photos)} photos)')
+        except CheckpointError as e:   # a read-only gallery: searched, not indexed
+            print(f'note: {e}; the index is not stored and is built again next time')
+    return index.names, {k: v.to(device) for k, v in index.features.items()}, photos.__getitem__
 
 
 @torch.no_grad()
@@ -148,30 +181,7 @@ def search(model, args, checkpoint, query, gallery, topk, device):
     img, inputs = query_inputs(query, args, device)
     require('points' in inputs or not type(model).needs_points,
             f'--query {query}: {args.method} reads vector sketches; give a .npy (L, 3) or a dataset key')
-    if gallery is None:
-        _, test = build_datasets(data_config(args))
-        p, _ = retrieval.encode_set(model, test.gallery, 'photo', args.eval_batch_size, device)
-        names, image_of = test.gallery_names, test.gallery_image
-    else:
-        photos = folder_images(gallery, '--gallery ')
-        path = Path(gallery) / INDEX_FILE
-        identity, rows = identity_of(checkpoint, args, photos), photo_rows(photos)
-        try:
-            index = GalleryIndex.load(path, identity, rows)
-            print(f'gallery index: {path} (reused)')
-        except (FileNotFoundError, StaleIndexError) as e:
-            if isinstance(e, StaleIndexError):
-                print(f'gallery index: {e}; rebuilding')
-            index = build_index(model, args, photos, identity, device,
-                                BoxCache(Path(gallery) / BOX_FILE, hint=None))
-            try:
-                index.save(path)
-                print(f'gallery index: {path} ({len(photos)} photos)')
-            except CheckpointError as e:   # a read-only gallery: searched, not indexed
-                print(f'note: {e}; the index is not stored and is built again next time')
-        p = {k: v.to(device) for k, v in index.features.items()}
-        names = index.names
-        image_of = lambda g: open_image(photos[names[g]])   # noqa: E731
+    names, p, path_of = load_gallery(model, args, checkpoint, gallery, device)
     s = model.encode([('sketch', inputs)])[0]
     scores = retrieval.rank_scores(model, s, p, args.rerank, args.pair_chunk)[0].cpu()
     order = scores.argsort(stable=True)[:topk].tolist()
@@ -185,8 +195,8 @@ def search(model, args, checkpoint, query, gallery, topk, device):
     # The figure's name carries a digest of the whole query, so two queries with one stem do not collide.
     tag = hashlib.sha1(str(Path(str(query)).resolve() if Path(str(query)).exists() else query).encode()).hexdigest()[:8]
     fig = Path(checkpoint).with_name(f'search_{Path(str(query)).stem.replace("/", "_")}_{tag}.png')
-    retrieval.retrieval_row(img, [image_of(g) for g in order], [f'#{k + 1}' for k in range(len(order))], set(),
-                            caption='query').save(fig)
+    retrieval.retrieval_row(img, [load_photo(path_of(names[g])) for g in order],
+                            [f'#{k + 1}' for k in range(len(order))], set(), caption='query').save(fig)
     print(f'figure: {fig}')
     return [(names[g], float(scores[g])) for g in order]
 

@@ -4,6 +4,7 @@
     python tables.py table2 --dataset ChairV2 --data_root DATA ...
     python tables.py kregions --dataset ChairV2 --data_root DATA ...
     python tables.py coarse_figure --dataset ChairV2 --data_root DATA ...
+    python tables.py onthefly --dataset ChairV2 --data_root DATA ...   # retrieval after every stroke, several methods
 
 Every row is a main.py run with the options typed here (budget, backbone, pretrained, seed, ...)
 plus the row's own (method, flags, k), applied equally to every row. Runs live in
@@ -24,12 +25,13 @@ from pathlib import Path
 
 import torch
 
+import onthefly as otf
 import options
 import retrieval
 import runtime
 from backbones import BACKBONES, PretrainedWeightsError
 from checkpoint import CheckpointError
-from experiment import load_test
+from experiment import load_model, load_test
 from feature_cache import FeatureCacheError
 from files import DatasetError, WriteError
 from main import main as train_run
@@ -459,8 +461,46 @@ def notes(a, base):
             f'evaluation of each run.', f'Machine: {torch.get_num_threads()} CPU threads{gpu}.']
 
 
+ONTHEFLY = ('siamese', 'localised_coattn', 'hierarchy', 'hierarchy_plus')
+
+
+def onthefly(a, base, runs):
+    """On-the-fly retrieval (onthefly.py) of the runs of several methods (--methods; default
+    ONTHEFLY): acc@1 / acc@10 at 20-100 % of the strokes, m@A and m@B, and one figure with every
+    method's curves. Each run's evaluation is kept in <out>/onthefly/<run>/ and reused."""
+    device = runtime.resolve_device('auto')
+    name = a.name or 'onthefly'
+    rows, data, curves = [], {}, {}
+    for method in a.methods or ONTHEFLY:
+        label = METHODS[method].label
+        _, run = runs.train(method, ['--method', method, *row_extra(base, method)])
+        folder = Path(a.out) / 'onthefly' / run.name
+        saved = folder / f'onthefly_last{f"_n{a.sketches}" if a.sketches else ""}.json'
+        if saved.is_file():
+            m = json.loads(saved.read_text())
+        else:
+            model, args, state, path = load_model(run / 'last.pth', {'data_root': a.eval_data_root} if a.eval_data_root
+                                                  else {}, device)
+            m = otf.evaluate_checkpoint(model, args, state, path, device, folder, a.sketches)
+        data[label] = dict(m, run=str(run))
+        curves[label] = m['curve']
+        rows.append([label, *[f'{pct(m[f"acc@1@{round(100 * f)}"])} / {pct(m[f"acc@10@{round(100 * f)}"])}'
+                              for f in otf.FRACTIONS], pct(m['m@A']), pct(m['m@B'])])
+    kind = next(iter(data.values()))['kind'] if data else ''
+    write(Path(a.out), name, f'On-the-fly retrieval on {a.dataset}: acc@1 / acc@10 (%) at a share of the strokes, '
+                             f'm@A, m@B (%)',
+          ['method', *[f'{round(100 * f)} %' for f in otf.FRACTIONS], 'm@A', 'm@B'], rows, data,
+          notes(a, base) + [f'Sketches: {next(iter(data.values()))["queries"] if data else 0} of the test split'
+                            + (' (evenly spread, --sketches)' if a.sketches else '') + '.',
+                            f'Steps: {kind}. m@A: the mean over the drawing of 1 / rank; m@B: the mean of the '
+                            f'ranking percentile (G - rank) / (G - 1); both averaged over the test sketches '
+                            f'(onthefly.py). Each run\'s last.pth.'])
+    otf.plot_curves(Path(a.out) / f'{name}.png', curves, f'{a.dataset}: on-the-fly retrieval, acc@K against the '
+                                                         f'share of strokes drawn')
+
+
 TABLES = {'table1': table1, 'table2': table2, 'kregions': kregions, 'coarse_figure': coarse_figure,
-          'ablation': ablation}
+          'ablation': ablation, 'onthefly': onthefly}
 
 
 def main(argv=None):
@@ -479,13 +519,23 @@ def main(argv=None):
     p.add_argument('--figure', default=None, help='coarse_figure: the PNG (default Images/coarse_<dataset>.png)')
     p.add_argument('--rows', nargs='+', choices=[r[0] for r in ABLATION], help='ablation: only these rows')
     p.add_argument('--seeds', nargs='+', type=options.nonneg_int, default=[0], help='ablation: one run per seed')
-    p.add_argument('--name', default=None, help='ablation: the name of the table files (default ablation)')
+    p.add_argument('--name', default=None,
+                   help='ablation, onthefly: the name of the table files (default: the table\'s)')
+    p.add_argument('--runs', default=None, metavar='DIR',
+                   help='the folder of the runs, when they are not in --out/runs (e.g. another checkout\'s)')
+    p.add_argument('--sketches', type=options.nonneg_int, default=0, metavar='N',
+                   help='onthefly: only N test sketches, evenly spread over the split (0: all)')
+    p.add_argument('--eval_data_root', default=None, metavar='DIR',
+                   help='onthefly: where the runs\' dataset is now, when it moved since they were trained')
     a, base = p.parse_known_args(argv)
     a.argv = argv
     a.dataset = options.parse_args('main', base).dataset     # the row options are checked up front
     a.out = a.out or f'tables/{a.dataset}'
+    runs = Runs(base, a.out)
+    if a.runs:
+        runs.folder = Path(a.runs)
     try:
-        TABLES[a.table](a, base, Runs(base, a.out))
+        TABLES[a.table](a, base, runs)
     except (DatasetError, CheckpointError, PretrainedWeightsError, FeatureCacheError, WriteError) as e:
         raise SystemExit(f'error: {e}') from None
 
