@@ -147,17 +147,16 @@ def onthefly_metrics(ranks, owner, counts, gallery):
 
 
 @torch.no_grad()
-def evaluate_onthefly(model, test, device, image_size, batch_size=32, workers=0, chunk=2048, rerank=0,
-                      progress=True, sketches=0):
+def evaluate_onthefly(model, test, device, image_size, config=retrieval.EvalConfig(), progress=True, sketches=0):
     """Rank the gallery after every step of every test sketch (or of `sketches` of them, evenly
-    spread over the split). Returns (metrics, StepSet, ranks [P])."""
+    spread over the split), as a retrieval.EvalConfig says. Returns (metrics, StepSet, ranks [P])."""
     was_training = model.training
     model.eval()
     which = retrieval.figure_queries(len(test.records), sketches) if sketches else None
     steps = StepSet(test, image_size, which)
-    p, _ = retrieval.encode_set(model, test.gallery, 'photo', batch_size, device, workers, progress)
-    s, _ = retrieval.encode_set(model, steps, 'sketch', batch_size, device, workers, progress)
-    scores = retrieval.rank_scores(model, s, p, rerank, chunk, progress).cpu()
+    p, _ = retrieval.encode_set(model, test.gallery, 'photo', config.batch_size, device, config.workers, progress)
+    s, _ = retrieval.encode_set(model, steps, 'sketch', config.batch_size, device, config.workers, progress)
+    scores = retrieval.rank_scores(model, s, p, config.rerank, config.pair_chunk, progress).cpu()
     targets = torch.tensor(steps.targets)[steps.owner]
     _, ranks = retrieval.retrieval_metrics(scores, targets)
     model.train(was_training)
@@ -228,8 +227,8 @@ def evaluate_checkpoint(model, args, state, path, device, out=None, sketches=0):
     sketches, evenly spread), printed, and written as onthefly_<checkpoint stem>[_n<sketches>].json
     / .png into `out` (default: the checkpoint's folder)."""
     _, test = build_datasets(experiment.data_config(args))
-    metrics, _, _ = evaluate_onthefly(model, test, device, args.image_size, args.eval_batch_size, args.workers,
-                                      args.pair_chunk, args.rerank, sketches=sketches)
+    metrics, _, _ = evaluate_onthefly(model, test, device, args.image_size, retrieval.EvalConfig.from_options(args),
+                                      sketches=sketches)
     metrics.update(checkpoint=str(path), step=state.get('step'), rerank=args.rerank, method=args.method)
     how = f', rerank {args.rerank}' if args.rerank else ''
     some = f' of {len(test.records)}, evenly spread' if metrics['queries'] < len(test.records) else ''

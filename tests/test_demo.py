@@ -189,7 +189,8 @@ def test_a_replayed_test_sketch_gets_the_true_photos_rank_of_the_evaluation(page
     from dataset import build_datasets
     import retrieval
     _, test = build_datasets(experiment.data_config(engine.args))
-    _, _, _, ranks = retrieval.evaluate(engine.model, test, 'cpu', rerank=engine.args.rerank, progress=False)
+    _, _, _, ranks = retrieval.evaluate(engine.model, test, 'cpu', retrieval.EvalConfig(rerank=engine.args.rerank),
+                                       progress=False)
     status, listed = request(server, 'GET', '/sketches')
     assert status == 200 and [s['key'] for s in listed['sketches']] == test.query_names
     for i in (0, len(test.query_names) - 1):

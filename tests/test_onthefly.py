@@ -80,9 +80,9 @@ def test_metrics_against_a_hand_count():
 @pytest.mark.parametrize('rerank', [0, 2])
 def test_the_last_step_is_the_ordinary_evaluation(trained, rerank):
     _, _, model, args, test = trained
-    m, steps, ranks = onthefly.evaluate_onthefly(model, test, 'cpu', args.image_size, batch_size=5, rerank=rerank,
-                                                 progress=False)
-    full, _, _, full_ranks = retrieval.evaluate(model, test, 'cpu', 5, rerank=rerank, progress=False)
+    config = retrieval.EvalConfig(batch_size=5, rerank=rerank)
+    m, steps, ranks = onthefly.evaluate_onthefly(model, test, 'cpu', args.image_size, config, progress=False)
+    full, _, _, full_ranks = retrieval.evaluate(model, test, 'cpu', config, progress=False)
     last = torch.cumsum(steps.counts, 0) - 1
     assert torch.equal(ranks[last], full_ranks)
     assert m['acc@1@100'] == full['acc@1'] and m['acc@10@100'] == full['acc@10']
