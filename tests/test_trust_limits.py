@@ -13,6 +13,7 @@ from conftest import make_config, vector_sketch, write_folder, write_qmul
 from PIL import Image
 
 import dataset
+import prepare
 import files
 import options
 import search
@@ -41,12 +42,12 @@ def test_qmul_sketch_over_the_stroke_limit_is_one_summary_error(tmp_path, capsys
     data = pickle.loads(coord.read_bytes())
     data['/train/chair_a_1'] = many_strokes(2000)     # 4000 points: under the point limit, over the stroke one
     coord.write_bytes(pickle.dumps(data))
-    assert dataset.main(['--dataset', 'ChairV2', '--data_root', str(root), '--summary']) == 2
+    assert prepare.main(['dataset', '--dataset', 'ChairV2', '--data_root', str(root), '--summary']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'/train/chair_a_1'" in err[0]
     assert '2000 strokes, more than --max_sketch_strokes 64' in err[0]
     # the limit is an option: raised, the same sketch is read
-    assert dataset.main(['--dataset', 'ChairV2', '--data_root', str(root), '--max_sketch_strokes', '2000']) == 0
+    assert prepare.main(['dataset', '--dataset', 'ChairV2', '--data_root', str(root), '--max_sketch_strokes', '2000']) == 0
 
 
 def test_npy_query_over_the_stroke_limit_is_refused_before_any_drawing(tmp_path):
