@@ -27,12 +27,18 @@ from search import search
 OWN_OPTIONS = {a.dest for a in options.evaluate_part()._actions}
 
 
-def evaluate_split(checkpoint, overrides, device):
-    model, args, test, state, path = load_test(checkpoint, overrides, device)
+def drop_inapplicable_rerank(model, args):
+    """--rerank M needs a first stage (--first_stage_dim); without one, say so and rank the whole
+    gallery by the model's distances."""
     if args.rerank and not (model.pairwise and model.has_first_stage):
         print(f'note: --rerank {args.rerank} does not apply: this {args.method} model has no first stage '
               f'(--first_stage_dim), so the whole gallery is ranked by its distances')
         args.rerank = 0
+
+
+def evaluate_split(checkpoint, overrides, device):
+    model, args, test, state, path = load_test(checkpoint, overrides, device)
+    drop_inapplicable_rerank(model, args)
     metrics, dist, targets, ranks = retrieval.evaluate(model, test, device, retrieval.EvalConfig.from_options(args))
     metrics.update(queries=len(test.queries), gallery=len(test.gallery), sketch_detail=args.sketch_detail,
                    rerank=args.rerank, checkpoint=str(path), step=state.get('step'))
@@ -65,6 +71,7 @@ def main(argv=None):
             if not (typed.query or typed.onthefly):
                 return evaluate_split(typed.checkpoint, overrides, device)
             model, args, state, path = load_model(typed.checkpoint, overrides, device)
+            drop_inapplicable_rerank(model, args)
             if typed.query:
                 return search(model, args, path, typed.query, typed.gallery, typed.topk, device)
             return onthefly.evaluate_checkpoint(model, args, state, path, device, typed.out, typed.onthefly_sketches)

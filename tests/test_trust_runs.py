@@ -4,33 +4,17 @@
 before its first evaluation leaves no empty folder; impossible set-ups (a batch of one with batch
 negatives, a malformed torchrun environment) are one line before any work."""
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
+import test_trust
 from test_trust import TINY, cli, fails, one_error_line, snapshot
 
 import main
 import runtime
 
-
-@pytest.fixture(scope='module')
-def data_root(tmp_path_factory):
-    return tmp_path_factory.mktemp('data')
-
-
-@pytest.fixture(scope='module')
-def healthy(data_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp('runs')
-    main.main(['--data_root', str(data_root), *TINY, '--output_dir', str(out), '--run_name', 'healthy',
-               '--max_steps', '2', '--eval_every', '2'])
-    return out / 'healthy'
-
-
-@pytest.fixture
-def run(healthy, tmp_path):
-    return Path(shutil.copytree(healthy, tmp_path / 'run'))
+# test_trust's fixtures: a healthy 2-step run (module scope) and a private copy of it per test.
+data_root, healthy, run = test_trust.data_root, test_trust.healthy, test_trust.run
 
 
 @pytest.mark.parametrize('option, value, shown', [
