@@ -75,11 +75,14 @@ def refuse_other_data(stored, explicit, path):
 
 
 def drop_failed_run(run_dir, resuming):
-    """A fresh run folder that holds no checkpoint and no metrics when the run fails is removed."""
+    """A fresh run folder that holds no checkpoint and no metrics when the run fails is removed;
+    returns what to add to the error line then (else '')."""
     if run_dir is None or resuming or runtime.world()[0] != 0 or not run_dir.is_dir():
-        return
+        return ''
     if not any(run_dir.glob('*.pth')) and not (run_dir / 'metrics.jsonl').exists():
         shutil.rmtree(run_dir, ignore_errors=True)
+        return f'; it had saved nothing yet, so its folder {run_dir} was removed'
+    return ''
 
 
 def setup(argv):
@@ -138,7 +141,9 @@ def main(argv=None):
                   f'{device}' + (f' x {world} processes' if world > 1 else ''))
         t_start = time.time()
         m = trainer.run()
-    except (DatasetError, PretrainedWeightsError, CheckpointError, TrainingStopped, FeatureCacheError) as e:
+    except TrainingStopped as e:    # its message names the run's checkpoints: say when there are none
+        raise SystemExit(f'error: {e}{drop_failed_run(run_dir, state is not None)}') from None
+    except (DatasetError, PretrainedWeightsError, CheckpointError, FeatureCacheError) as e:
         drop_failed_run(run_dir, state is not None)
         raise SystemExit(f'error: {e}') from None
     except SystemExit:

@@ -67,6 +67,15 @@ def test_a_fresh_run_that_fails_leaves_no_empty_folder(tmp_path):
     assert not (out / 'r').exists()
 
 
+def test_a_fresh_run_diverging_before_its_first_evaluation_says_its_folder_is_gone(data_root, tmp_path):
+    """Its error names the checkpoints of the last good evaluation; there are none, and the
+    empty folder is removed: the line says so."""
+    msg = fails(lambda: main.main(['--data_root', str(data_root), *TINY, '--lr', '1e10', '--max_steps', '4',
+                                   '--eval_every', '4', '--output_dir', str(tmp_path), '--run_name', 'r']),
+                'non-finite', 'was removed')
+    assert not (tmp_path / 'r').exists(), msg
+
+
 def test_batch_negatives_need_a_batch_of_two(data_root, tmp_path):
     fails(lambda: main.main(['--data_root', str(data_root), *TINY, '--batch_size', '1', '--negatives', 'batch_hard',
                              '--output_dir', str(tmp_path)]), 'a batch of 1 per process has none')
