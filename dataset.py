@@ -46,8 +46,7 @@ class DataConfig:
     validation: float = 0.0          # > 0: evaluate on this fraction of the training photos (layouts.carve_validation)
 
 
-def load_photo(path):
-    return open_image(path)
+load_photo = open_image      # photos and sketches: one decoder (files.open_image)
 
 
 def network_photo(path, photo_input):

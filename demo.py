@@ -34,7 +34,6 @@ import torch
 
 import experiment
 import options
-import retrieval
 import runtime
 import sketch
 from backbones import PretrainedWeightsError
@@ -43,7 +42,7 @@ from dataset import build_datasets, collate, load_photo
 from experiment import load_model
 from files import DatasetError, WriteError
 from model import batch_inputs
-from search import load_gallery, sketch_item
+from search import load_gallery, query_scores, sketch_item
 
 PAGE = Path(__file__).resolve().parent / 'web' / 'demo.html'
 MAX_BODY = 1 << 20          # bytes of a request body
@@ -116,12 +115,10 @@ class SearchEngine:
 
     @torch.no_grad()
     def rank(self, points):
-        """Cleaned (L, 3) points -> scores [G] whose order is the model's ranking (retrieval.rank_scores)."""
+        """Cleaned (L, 3) points -> scores [G] whose order is the model's ranking (search.query_scores)."""
         img, boxes = self.style.vector(points)
         item = sketch_item(img, boxes, points, self.style.detail, self.args.image_size)
-        inputs = batch_inputs(collate([item]), 'sketch', self.device)
-        s = self.model.encode([('sketch', inputs)])[0]
-        return retrieval.rank_scores(self.model, s, self.features, self.args.rerank, self.args.pair_chunk)[0].cpu()
+        return query_scores(self.model, self.args, batch_inputs(collate([item]), 'sketch', self.device), self.features)
 
     def search(self, request):
         """A decoded /search request -> the response dict (RequestError on a bad request)."""

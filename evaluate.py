@@ -30,7 +30,7 @@ OWN_OPTIONS = {a.dest for a in options.evaluate_part()._actions}
 def drop_inapplicable_rerank(model, args):
     """--rerank M needs a first stage (--first_stage_dim); without one, say so and rank the whole
     gallery by the model's distances."""
-    if args.rerank and not (model.pairwise and model.has_first_stage):
+    if args.rerank and not retrieval.reranks(model, args.rerank):
         print(f'note: --rerank {args.rerank} does not apply: this {args.method} model has no first stage '
               f'(--first_stage_dim), so the whole gallery is ranked by its distances')
         args.rerank = 0

@@ -13,7 +13,7 @@ import feature_cache
 import methods
 import options
 import runtime
-from checkpoint import load_checkpoint, load_model_state, model_config, read_checkpoint
+from checkpoint import load_checkpoint, load_model_state, model_config
 from dataset import DataConfig, build_datasets
 from losses import TripletLoss
 from methods import ModelConfig, build_model
@@ -46,10 +46,11 @@ class Setup:
     optimizer: object        # torch.optim.Adam (train.make_optimizer)
 
 
-def setup(args, device):
+def setup(args, device, init=None):
     """Seed, then build the datasets (rank 0 first under torchrun: it alone generates the embedded
-    dataset or the box cache), the model on `device` (--init_from's weights loaded; its frozen stages' feature cache attached
-    with --freeze_backbone), the triplet loss and the optimiser that the options describe."""
+    dataset or the box cache), the model on `device` (with `init`, a checkpoint dict, its weights:
+    --init_from; its frozen stages' feature cache attached with --freeze_backbone), the triplet
+    loss and the optimiser that the options describe."""
     runtime.seed_everything(args.seed)
     rank = runtime.world()[0]
     if rank != 0:
@@ -58,8 +59,8 @@ def setup(args, device):
     if rank == 0:
         runtime.barrier()
     model = build_model(ModelConfig.from_options(args), args.pretrained, args.freeze_backbone)
-    if getattr(args, 'init_from', None):   # a new run from a checkpoint's weights (main.py took its model options)
-        load_model_state(model, read_checkpoint(args.init_from)[1], args.init_from, args)
+    if init is not None:    # --init_from: a new run from a checkpoint's weights (main.py took its model options)
+        load_model_state(model, init, args.init_from, args)
     model = model.to(device)
     if args.freeze_backbone:
         feature_cache.attach(model, getattr(args, 'feature_cache', None))

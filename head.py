@@ -69,7 +69,7 @@ class PairHead(nn.Module):
         compatibility of raw 512-d nodes need float32 (bf16 has 256 levels; fp16 overflows at
         65504), and its small matrix products are bound by launches, not by arithmetic."""
         with torch.autocast(s.device.type, enabled=False):
-            out, rounds = self._forward(_full(s), s_mask, _full(p), p_mask, p_plan, levels)
+            out, rounds = self._forward(full_precision(s), s_mask, full_precision(p), p_mask, p_plan, levels)
         return (*out, rounds) if return_rounds else out
 
     def _forward(self, s, s_mask, p, p_mask, p_plan, levels):
@@ -325,6 +325,6 @@ def build_head(variant='paper', dim=512, att_dim=128, init='identity', merge='li
                     readout=readout, round_norm=round_norm)
 
 
-def _full(x):
+def full_precision(x):
     """x in float32 unless it is float32 or float64 already (the references run in float64)."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()

@@ -86,7 +86,8 @@ def drop_failed_run(run_dir, resuming):
 
 
 def setup(argv):
-    """(args, resume state or None, run folder, device) for this process."""
+    """(args, resume state or None, --init_from's checkpoint dict or None, run folder, device) for
+    this process."""
     args = options.parse_args('main', argv)
     rank, world, device = runtime.init_distributed(args.device)
     if args.batch_size % world:
@@ -96,7 +97,7 @@ def setup(argv):
         raise SystemExit(f'error: --negatives {args.negatives} takes the negatives from the other sketches of a '
                          f'batch; a batch of {args.batch_size // world} per process has none (use --batch_size >= '
                          f'{2 * world} or --negatives sampled)')
-    state = None
+    state = init_state = None
     explicit = options.explicit_args('main', argv)
     if args.resume and args.init_from:
         raise SystemExit('error: --resume continues a run, --init_from starts a new one; give one of them')
@@ -113,16 +114,16 @@ def setup(argv):
         raise SystemExit(f'error: {problem}')
     runtime.tune_cuda(device, args.tf32)
     run_dir = runtime.broadcast_object(run_folder(args, state is not None) if rank == 0 else None)
-    return args, state, run_dir, device
+    return args, state, init_state, run_dir, device
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     run_dir = state = None
     try:
-        args, state, run_dir, device = setup(argv)
+        args, state, init_state, run_dir, device = setup(argv)
         rank, world = runtime.world()
-        s = experiment.setup(args, device)
+        s = experiment.setup(args, device, init_state)
         train_set, test = s.train_set, s.test
         s.model.every_parameter = world > 1       # DDP needs every parameter's gradient in every step
         ddp = DistributedDataParallel(s.model, device_ids=[device.index] if device.type == 'cuda' else None) \

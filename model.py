@@ -18,7 +18,7 @@ from torchvision.ops import roi_align
 from tqdm import tqdm
 
 from fast_eval import eval_pairs
-from head import PairHead, build_head
+from head import PairHead, build_head, full_precision
 
 
 # ----------------------------------------------------------------------------- features
@@ -88,11 +88,7 @@ def pair_distance(s, p):
     training (triplet loss) and evaluation (ranking) use; in float32 under --amp too (the
     difference of two close bf16 vectors has few bits left)."""
     with torch.autocast(s.device.type, enabled=False):
-        return (_full(s) - _full(p)).pow(2).sum(1)
-
-
-def _full(x):
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+        return (full_precision(s) - full_precision(p)).pow(2).sum(1)
 
 
 # ----------------------------------------------------------------------------- the interface

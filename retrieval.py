@@ -78,11 +78,16 @@ def first_stage_order(model, s, p):
     return d.argsort(dim=1, stable=True)
 
 
+def reranks(model, rerank):
+    """Whether --rerank M applies: a pairwise model with a first stage (--first_stage_dim)."""
+    return bool(rerank) and model.pairwise and model.has_first_stage
+
+
 @torch.no_grad()
 def rank_scores(model, s, p, rerank=0, chunk=2048, progress=False):
     """[Q, G] scores whose order is the model's ranking: distances of the pairs the head scored;
     with rerank M, the first stage's order offset behind the head's top M."""
-    order = first_stage_order(model, s, p) if rerank and model.pairwise and model.has_first_stage else None
+    order = first_stage_order(model, s, p) if reranks(model, rerank) else None
     if order is None:
         return model.distance_matrix(s, p, chunk, progress=progress)
     q, g = order.shape

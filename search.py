@@ -149,6 +149,13 @@ def sketch_item(img, boxes, points, detail, image_size):
     return item
 
 
+def query_scores(model, args, inputs, gallery_features):
+    """scores [G] (CPU) of one query (inputs of a batch of one sketch) against a gallery's features,
+    in the model's ranking order (--rerank M with a first stage)."""
+    s = model.encode([('sketch', inputs)])[0]
+    return retrieval.rank_scores(model, s, gallery_features, args.rerank, args.pair_chunk)[0].cpu()
+
+
 def load_gallery(model, args, checkpoint, gallery, device):
     """(photo names, their features on device, name -> image path) of a --gallery folder (its index
     reused or rebuilt; a read-only folder is searched without storing it) or, with gallery None,
@@ -182,11 +189,10 @@ def search(model, args, checkpoint, query, gallery, topk, device):
     require('points' in inputs or not type(model).needs_points,
             f'--query {query}: {args.method} reads vector sketches; give a .npy (L, 3) or a dataset key')
     names, p, path_of = load_gallery(model, args, checkpoint, gallery, device)
-    s = model.encode([('sketch', inputs)])[0]
-    scores = retrieval.rank_scores(model, s, p, args.rerank, args.pair_chunk)[0].cpu()
+    scores = query_scores(model, args, inputs, p)
     order = scores.argsort(stable=True)[:topk].tolist()
     # With rerank M only the top M have a distance from the head; the rest are in first-stage order.
-    reranked = min(args.rerank, len(names)) if args.rerank and model.pairwise and model.has_first_stage else None
+    reranked = min(args.rerank, len(names)) if retrieval.reranks(model, args.rerank) else None
     how = f' (rerank {args.rerank})' if reranked is not None else ''
     print(f'query {query}: top {len(order)} of {len(names)} photos{how}')
     for k, g in enumerate(order):

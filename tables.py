@@ -71,8 +71,9 @@ PROPOSED = ('hierarchy', 'hierarchy_plus')     # what --proposed can name (Table
 class Runs:
     """main.py runs of one table command: `base` argv (what the user typed) plus each row's own."""
 
-    def __init__(self, base, out):
-        self.base, self.folder = list(base), Path(out) / 'runs'
+    def __init__(self, base, out, folder=None):
+        """Runs live in `folder` (default: <out>/runs)."""
+        self.base, self.folder = list(base), Path(folder) if folder else Path(out) / 'runs'
 
     def path(self, name, row):
         """<name>-<hash of the options>; a run of the same options under another name (e.g. a
@@ -407,9 +408,8 @@ def ablation(a, base, runs):
     plot_curves(Path(a.out) / f'{a.name or "ablation"}.png', data, a.dataset)
 
 
-COLOURS = [(0, 90, 200), (200, 60, 0), (0, 150, 60), (150, 0, 150), (120, 120, 0), (0, 140, 140),
-           (90, 90, 90), (220, 120, 0), (60, 0, 200), (200, 0, 80), (0, 0, 0), (100, 60, 20), (0, 200, 200),
-           (160, 160, 255)]
+COLOURS = otf.COLOURS + [(220, 120, 0), (60, 0, 200), (200, 0, 80), (0, 0, 0), (100, 60, 20), (0, 200, 200),
+                         (160, 160, 255)]      # the ablation's many rows
 
 
 def plot_curves(path, data, dataset, width=960, height=480, pad=56, legend=330):
@@ -531,9 +531,7 @@ def main(argv=None):
     a.argv = argv
     a.dataset = options.parse_args('main', base).dataset     # the row options are checked up front
     a.out = a.out or f'tables/{a.dataset}'
-    runs = Runs(base, a.out)
-    if a.runs:
-        runs.folder = Path(a.runs)
+    runs = Runs(base, a.out, a.runs)
     try:
         TABLES[a.table](a, base, runs)
     except (DatasetError, CheckpointError, PretrainedWeightsError, FeatureCacheError, WriteError) as e:
